@@ -1,0 +1,384 @@
+"""FineTuneJob: a declarative QLoRA/LoRA fine-tune, spot-aware, writing an adapter to S3.
+
+The pydantic models here are the single source of truth: the CRD in crds/ is generated
+from them (`python -m kubetune.api.crdgen`), the operator parses bodies with them, and the
+trainer reads its resolved spec with them. Cross-field rules appear twice on purpose —
+as CEL in the CRD so the API server refuses a bad object, and as validators here so
+`kubetune` code that is handed a body directly refuses it the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from .common import (
+    S3_URI_PATTERN,
+    ApiModel,
+    Condition,
+    ImagePullPolicy,
+    ObjectStore,
+    Placement,
+)
+
+MODEL_URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
+    r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?"
+    r"|file:///.+)$"
+)
+DATA_URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+"
+    r"|file:///.+)$"
+)
+IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]}
+
+
+class ModelSource(ApiModel):
+    """The base model: an S3 prefix, a Hugging Face hub id, a path on a PVC or in the image."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.revision) || self.uri.startsWith('hf://')",
+                    "message": "revision applies only to hf:// models",
+                }
+            ]
+        }
+    )
+
+    uri: Annotated[str, StringConstraints(pattern=MODEL_URI_PATTERN, max_length=1024)] = Field(
+        description="s3://bucket/prefix, hf://org/name, pvc://claim/path or file:///path "
+        "(a path inside the image)."
+    )
+    revision: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,128}$")] | None = (
+        Field(default=None, description="Hub revision (commit sha, tag or branch) for hf:// models.")
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model repository's own Python code. Off by default."
+    )
+
+    @model_validator(mode="after")
+    def _revision_only_for_hub(self) -> ModelSource:
+        if self.revision is not None and not self.uri.startswith("hf://"):
+            raise ValueError("revision applies only to hf:// models")
+        return self
+
+
+class DatasetSpec(ApiModel):
+    """Training data: one JSONL file (or a prefix of JSONL files) in a known format."""
+
+    uri: Annotated[str, StringConstraints(pattern=DATA_URI_PATTERN, max_length=1024)] = Field(
+        description="s3://bucket/key.jsonl, pvc://claim/path or file:///path of the JSONL data."
+    )
+    format: Literal["alpaca", "chat", "text"] = Field(
+        default="alpaca",
+        description="alpaca: instruction/input/output rows; chat: rows with a messages list; "
+        "text: rows with a text field.",
+    )
+    eval_fraction: float = Field(
+        default=0.05, ge=0.0, le=0.5, description="Share of rows held out for eval loss."
+    )
+
+
+class LoraSettings(ApiModel):
+    """LoRA adapter shape."""
+
+    rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA scaling alpha.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] = (
+        Field(
+            default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+            min_length=1,
+            max_length=64,
+            description="Module names to adapt, or the single entry all-linear.",
+        )
+    )
+
+
+class QuantizationSettings(ApiModel):
+    """bitsandbytes quantization of the frozen base model (QLoRA)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="4 (QLoRA) or 8 bits.")
+    quant_type: Literal["nf4", "fp4"] = Field(
+        default="nf4", description="4-bit data type; ignored for 8 bits."
+    )
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="dtype of the matmuls on dequantized weights."
+    )
+
+
+class MethodSpec(ApiModel):
+    """Fine-tuning method: qlora (quantized frozen base) or lora (full-precision base)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.type == 'qlora' || !has(self.quantization)",
+                    "message": "quantization applies only to method qlora",
+                }
+            ]
+        }
+    )
+
+    type: Literal["qlora", "lora"] = Field(default="qlora", description="qlora or lora.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape.")
+    quantization: QuantizationSettings | None = Field(
+        default=None, description="Quantization for qlora; defaults to 4-bit NF4, double quant."
+    )
+
+    @model_validator(mode="after")
+    def _quantization_only_for_qlora(self) -> MethodSpec:
+        if self.type == "lora" and self.quantization is not None:
+            raise ValueError("quantization applies only to method qlora")
+        return self
+
+    def effective_quantization(self) -> QuantizationSettings | None:
+        """The quantization to load with: the spec's, the QLoRA default, or none for lora."""
+        if self.type == "lora":
+            return None
+        return self.quantization or QuantizationSettings()
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation hyper-parameters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.epochs) && has(self.maxSteps))",
+                    "message": "set at most one of epochs or maxSteps",
+                }
+            ]
+        }
+    )
+
+    epochs: int | None = Field(
+        default=None, ge=1, le=1000, description="Passes over the data (1 when maxSteps is unset)."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Optimizer steps; overrides epochs."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule."
+    )
+    warmup_steps: int = Field(default=0, ge=0, le=1_000_000, description="Linear warmup steps.")
+    batch_size: int = Field(default=4, ge=1, le=1024, description="Sequences per worker per step.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024, description="Micro-batches summed per optimizer step."
+    )
+    max_seq_length: int = Field(
+        default=1024, ge=16, le=131072, description="Tokens per sequence; longer ones are cut."
+    )
+    packing: bool = Field(
+        default=False, description="Pack several short examples into one sequence."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1000, description="Gradient clipping norm.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for data order and init.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set at most one of epochs or maxSteps")
+        return self
+
+
+class TrainResources(Placement):
+    """Ray workers and their placement on a GPU node pool."""
+
+    workers: int = Field(default=1, ge=1, le=64, description="Ray Train workers (pods).")
+
+
+class BackoffSpec(ApiModel):
+    """Bounded exponential backoff between attempts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.initialSeconds <= self.maxSeconds",
+                    "message": "initialSeconds must not exceed maxSeconds",
+                }
+            ]
+        }
+    )
+
+    initial_seconds: int = Field(default=10, ge=0, le=3600, description="First delay.")
+    max_seconds: int = Field(default=300, ge=0, le=86400, description="Largest delay.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffSpec:
+        if self.initial_seconds > self.max_seconds:
+            raise ValueError("initialSeconds must not exceed maxSeconds")
+        return self
+
+
+class SpotPolicy(ApiModel):
+    """Spot capacity and recovery from preemption, counted apart from errors."""
+
+    enabled: bool = Field(default=False, description="Run on spot / preemptible nodes.")
+    checkpoint_interval_steps: int = Field(
+        default=50, ge=1, le=1_000_000, description="Checkpoint to object storage every N steps."
+    )
+    checkpoint_budget_seconds: int = Field(
+        default=25,
+        ge=1,
+        le=600,
+        description="Seconds the trainer has after SIGTERM to save a checkpoint (GKE gives 30).",
+    )
+    max_recoveries: int = Field(
+        default=10, ge=0, le=1000, description="Preemptions tolerated before the job fails."
+    )
+    strategy: Literal["StayOnSpot", "FallbackToOnDemand"] = Field(
+        default="FallbackToOnDemand", description="What to do after repeated preemptions."
+    )
+    fallback_after_preemptions: int = Field(
+        default=3, ge=1, le=1000, description="FallbackToOnDemand: preemptions before moving."
+    )
+    fallback_after_pending_seconds: int = Field(
+        default=900,
+        ge=30,
+        le=86400,
+        description="FallbackToOnDemand: seconds pods may wait for spot capacity before moving.",
+    )
+    backoff: BackoffSpec = Field(
+        default_factory=BackoffSpec, description="Delay between recovery attempts."
+    )
+
+
+class RetryPolicy(ApiModel):
+    """Retries after user-code errors (bad data, OOM, crashes) — not preemptions."""
+
+    max_error_retries: int = Field(default=2, ge=0, le=100, description="Retries after errors.")
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec, description="Delay between retries.")
+
+
+class OutputSpec(ObjectStore):
+    """Where checkpoints and the adapter go; the same store serves s3:// inputs."""
+
+    uri: Annotated[str, StringConstraints(pattern=S3_URI_PATTERN, max_length=1024)] = Field(
+        description="s3://bucket/prefix; the job writes under <prefix>/<namespace>/<name>/."
+    )
+
+
+class ImageSpec(ApiModel):
+    """Container image overrides; empty uses the operator's defaults."""
+
+    trainer: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        default=None, description="Trainer image (CUDA, bitsandbytes, Ray)."
+    )
+    pull_policy: ImagePullPolicy | None = Field(default=None, description="Image pull policy.")
+
+
+class RetentionSpec(ApiModel):
+    """What happens to checkpoints; the adapter is never deleted by kubetune."""
+
+    checkpoints: Literal["Retain", "DeleteOnSuccess", "DeleteWithJob"] = Field(
+        default="DeleteWithJob",
+        description="Retain forever, delete once the adapter is written, or delete with the job.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31_536_000, description="Delete the finished FineTuneJob after N s."
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired fine-tune. What the job trains on and writes to cannot change once created."""
+
+    base_model: ModelSource = Field(
+        description="Model to fine-tune.", json_schema_extra=IMMUTABLE
+    )
+    dataset: DatasetSpec = Field(description="Training data.", json_schema_extra=IMMUTABLE)
+    method: MethodSpec = Field(
+        default_factory=MethodSpec, description="qlora or lora.", json_schema_extra=IMMUTABLE
+    )
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Hyper-parameters.",
+        json_schema_extra=IMMUTABLE,
+    )
+    resources: TrainResources = Field(
+        default_factory=TrainResources, description="Workers, GPUs and placement."
+    )
+    spot: SpotPolicy = Field(default_factory=SpotPolicy, description="Spot and recovery policy.")
+    retries: RetryPolicy = Field(default_factory=RetryPolicy, description="Error retries.")
+    output: OutputSpec = Field(
+        description="Object storage for checkpoints and the adapter.",
+        json_schema_extra=IMMUTABLE,
+    )
+    images: ImageSpec = Field(default_factory=ImageSpec, description="Image overrides.")
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec, description="Checkpoint retention."
+    )
+
+
+FineTunePhase = Literal["Pending", "Scheduling", "Running", "Recovering", "Succeeded", "Failed"]
+
+
+class TrainingProgress(ApiModel):
+    """Progress reported by the trainer."""
+
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Planned optimizer steps.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
+    percent: float | None = Field(default=None, ge=0, le=100, description="step / totalSteps.")
+    display: str | None = Field(default=None, description="step/total (percent) for kubectl get.")
+    loss: float | None = Field(default=None, description="Recent training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest eval loss.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
+    updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
+
+
+class CheckpointRef(ApiModel):
+    """The newest complete checkpoint."""
+
+    step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
+    uri: str = Field(description="Object-store prefix of the checkpoint.")
+    time: datetime | None = Field(default=None, description="When it became complete.")
+
+
+class AdapterRef(ApiModel):
+    """The finished adapter."""
+
+    uri: str = Field(description="Object-store prefix holding the adapter and its manifest.")
+    sha256: str = Field(description="sha256 of manifest.json, which lists each file's sha256.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Total bytes of adapter files.")
+
+
+class GpuSeconds(ApiModel):
+    """GPU time used, by capacity type."""
+
+    spot: float = Field(default=0.0, ge=0, description="GPU-seconds on spot capacity.")
+    on_demand: float = Field(default=0.0, ge=0, description="GPU-seconds on on-demand capacity.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state, written only by the operator."""
+
+    phase: FineTunePhase | None = Field(default=None, description="Lifecycle phase.")
+    message: str | None = Field(default=None, description="Why the job is in this phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions.")
+    observed_generation: int | None = Field(default=None, description="Last reconciled generation.")
+    capacity_type: Literal["spot", "on-demand"] | None = Field(
+        default=None, description="Capacity the current attempt runs on."
+    )
+    progress: TrainingProgress | None = Field(default=None, description="Trainer progress.")
+    recoveries: int = Field(default=0, ge=0, description="Preemptions recovered from.")
+    error_retries: int = Field(default=0, ge=0, description="Retries after user-code errors.")
+    lost_steps: int = Field(default=0, ge=0, description="Steps redone after recoveries.")
+    last_checkpoint: CheckpointRef | None = Field(default=None, description="Newest checkpoint.")
+    adapter: AdapterRef | None = Field(default=None, description="The finished adapter.")
+    gpu_seconds: GpuSeconds | None = Field(default=None, description="GPU time by capacity type.")
+    start_time: datetime | None = Field(default=None, description="When training first started.")
+    completion_time: datetime | None = Field(default=None, description="When the job finished.")

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything the demo and the tests need on a fresh machine: a virtualenv with the
+# pinned dependencies (constraints.txt) and the real kubectl and helm binaries in .tools/bin.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.kubetune-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing pinned dependencies (first run takes a few minutes)"
+  .venv/bin/pip install -q --upgrade pip setuptools wheel
+  # torch first and exactly pinned: the CPU wheel that lies on this machine's disk.
+  .venv/bin/pip install -q -c constraints.txt torch==2.13.0
+  .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -m kubetune.devenv.tools install

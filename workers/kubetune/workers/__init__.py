@@ -1,0 +1,1 @@
+"""Code that runs inside kubetune pods: the trainer and the adapter server."""
