@@ -1,0 +1,155 @@
+"""A tiny Llama-architecture causal LM and tokenizer, built locally.
+
+No model hub is reachable on these machines, so tests, benchmarks and the demo build a
+real (if small) Llama model: same classes, same safetensors layout and the same module
+names (q_proj, k_proj, v_proj, o_proj, gate/up/down_proj) as a production base model, so
+the trainer and server code paths are the ones a 7B model would take. Built once per
+configuration and cached on disk, keyed by a hash of the configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+FACTORY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of the tiny model; every field changes the cache key."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    vocab_size: int = 640
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        corpus = hashlib.sha256("\n".join(tokenizer_corpus()).encode()).hexdigest()
+        blob = json.dumps({**asdict(self), "v": FACTORY_VERSION, "corpus": corpus}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("KUBETUNE_CACHE") or Path(__file__).resolve().parents[3] / ".cache"
+    return Path(root) / "tiny-models"
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the byte-level BPE is trained on: the shipped example data plus filler prose."""
+    corpus = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Kubernetes schedules pods onto nodes; spot nodes may be preempted at any time.",
+        "Answer the question. Add the numbers. Name the colour. Reverse the word.",
+    ]
+    data_dir = Path(__file__).resolve().parents[3] / "examples" / "data"
+    for path in sorted(data_dir.glob("*.jsonl")) if data_dir.exists() else []:
+        corpus.extend(path.read_text().splitlines())
+    return corpus
+
+
+def build_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer with Llama-style special tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 4096
+    return fast
+
+
+def build_model(config: TinyModelConfig, tokenizer):
+    """A randomly initialised LlamaForCausalLM of the given shape."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    llama_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(llama_config)
+
+
+def tiny_model_dir(config: TinyModelConfig | None = None, cache_dir: Path | None = None) -> Path:
+    """Directory holding the tiny model and tokenizer (config.json, model.safetensors,
+    tokenizer files), built on first use. Written to a temp dir and renamed, so a
+    concurrent or interrupted build never leaves a half-written model behind."""
+    config = config or TinyModelConfig()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    target = cache_dir / f"tiny-llama-{config.cache_key()}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    staging.chmod(0o755)
+    try:
+        tokenizer = build_tokenizer(config.vocab_size)
+        model = build_model(config, tokenizer)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "kubetune-tiny.json").write_text(json.dumps(asdict(config), indent=2))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def main() -> None:
+    """Print the tiny model's directory (building it if needed)."""
+    print(tiny_model_dir())
+
+
+if __name__ == "__main__":
+    main()
