@@ -46,7 +46,7 @@ def _strip_null_branch(node: dict) -> dict:
 
 
 def _structural(node: dict, defs: dict) -> dict:
-    node = _strip_null_branch(_resolve(node, defs))
+    node = _resolve(_strip_null_branch(_resolve(node, defs)), defs)
     out: dict = {}
     for key, value in node.items():
         if key in DROP_KEYS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from .common import (
     S3_URI_PATTERN,
@@ -58,7 +58,7 @@ class ModelSource(ApiModel):
     revision: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,128}$")] | None = (
         Field(default=None, description="Hub revision (commit sha, tag or branch) for hf:// models.")
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: StrictBool = Field(
         default=False, description="Run the model repository's own Python code. Off by default."
     )
 
@@ -108,7 +108,7 @@ class QuantizationSettings(ApiModel):
     quant_type: Literal["nf4", "fp4"] = Field(
         default="nf4", description="4-bit data type; ignored for 8 bits."
     )
-    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    double_quant: StrictBool = Field(default=True, description="Quantize the quantization constants too.")
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="dtype of the matmuls on dequantized weights."
     )
@@ -179,7 +179,7 @@ class TrainingSpec(ApiModel):
     max_seq_length: int = Field(
         default=1024, ge=16, le=131072, description="Tokens per sequence; longer ones are cut."
     )
-    packing: bool = Field(
+    packing: StrictBool = Field(
         default=False, description="Pack several short examples into one sequence."
     )
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
@@ -226,7 +226,7 @@ class BackoffSpec(ApiModel):
 class SpotPolicy(ApiModel):
     """Spot capacity and recovery from preemption, counted apart from errors."""
 
-    enabled: bool = Field(default=False, description="Run on spot / preemptible nodes.")
+    enabled: StrictBool = Field(default=False, description="Run on spot / preemptible nodes.")
     checkpoint_interval_steps: int = Field(
         default=50, ge=1, le=1_000_000, description="Checkpoint to object storage every N steps."
     )

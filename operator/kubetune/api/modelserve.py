@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from .common import (
     S3_URI_PATTERN,
@@ -74,14 +74,16 @@ class AdapterSource(ApiModel):
 class ServedBaseModel(ModelSource):
     """The base model every adapter applies to."""
 
-    load_in_4bit: bool = Field(default=False, description="Load the base with bitsandbytes NF4.")
+    load_in_4bit: StrictBool = Field(
+        default=False, alias="loadIn4bit", description="Load the base with bitsandbytes NF4."
+    )
     served_name: ServedName = Field(default="base", description="`model` name of the bare base.")
 
 
 class ServeResources(Placement):
     """Server pods' size and placement."""
 
-    spot: bool = Field(default=False, description="Allow server pods on spot capacity.")
+    spot: StrictBool = Field(default=False, description="Allow server pods on spot capacity.")
 
 
 class ServeLimits(ApiModel):

@@ -1,0 +1,38 @@
+"""Where pods go: the spec's GPU node pool, plus the spot profile's capacity-type rules."""
+
+from __future__ import annotations
+
+from kubetune.api import FineTuneJobSpec, SpecError
+
+from ..config import CapacityType, SpotProfile
+
+
+def node_selector(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType) -> dict:
+    """The spec's selector plus the capacity-type labels.
+
+    A spec label that contradicts the capacity type kubetune chose is refused rather than
+    silently overridden: the user asked for two incompatible node pools.
+    """
+    selector = dict(spec.resources.node_selector)
+    for key, value in profile.node_selector(capacity_type).items():
+        if key in selector and selector[key] != value:
+            raise SpecError(
+                [
+                    f"spec.resources.nodeSelector[{key}]: {selector[key]!r} conflicts with "
+                    f"{capacity_type} capacity ({key}={value}); capacity is chosen by spec.spot, "
+                    "remove this label"
+                ]
+            )
+        selector[key] = value
+    return dict(sorted(selector.items()))
+
+
+def tolerations(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType) -> list[dict]:
+    """The spec's tolerations, plus the spot pool's on spot (without duplicates)."""
+    result = [toleration.to_wire() for toleration in spec.resources.tolerations]
+    if capacity_type == "spot":
+        for toleration in profile.spot_tolerations:
+            wire = toleration.to_wire()
+            if wire not in result:
+                result.append(wire)
+    return result

@@ -1,0 +1,52 @@
+"""values.schema.json refuses bad values: `helm template` fails and names the value."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from chart_render import CHART, helm
+
+pytestmark = pytest.mark.integration
+
+BAD_VALUES = [
+    ({"config": {"spotProvider": "azure"}}, "/config/spotProvider"),
+    ({"replicaCount": "x"}, "/replicaCount"),
+    ({"replicaCount": 2}, "/replicaCount"),
+    ({"replicaCoutn": 1}, "replicaCoutn"),
+    ({"config": {"watchNamespaces": ["Team_A"]}}, "/config/watchNamespaces/0"),
+    ({"config": {"watchNamespaces": ["a", "a"]}}, "/config/watchNamespaces"),
+    ({"config": {"trainerStatusPort": 70000}}, "/config/trainerStatusPort"),
+    ({"config": {"spotProvider": "custom"}}, "/config/spotProfiles"),
+    ({"config": {"spotProfiles": {"azure": {}}}}, "azure"),
+    ({"config": {"images": {"pullPolicy": "Sometimes"}}}, "/config/images/pullPolicy"),
+    ({"config": {"storage": {"defaultEndpoint": "minio:9000"}}}, "/config/storage/defaultEndpoint"),
+    ({"config": {"extraKey": True}}, "extraKey"),
+    ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
+    ({"logFormat": "xml"}, "/logFormat"),
+    ({"image": {"digest": "latest"}}, "/image/digest"),
+]
+
+
+@pytest.mark.parametrize(("values", "named"), BAD_VALUES, ids=[n for _, n in BAD_VALUES])
+def test_bad_values_fail_with_their_path(tmp_path, values: dict, named: str) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = helm("template", "kt", str(CHART), "-f", str(values_file), check=False)
+    assert result.returncode != 0, f"helm accepted {values}"
+    assert "schema" in result.stderr
+    assert named in result.stderr, result.stderr
+
+
+def test_the_same_keys_with_good_values_render(tmp_path) -> None:
+    """The refusals above come from the values, not from the way they are passed."""
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump({
+        "replicaCount": 0,
+        "config": {"spotProvider": "aks", "watchNamespaces": ["a", "b"],
+                   "trainerStatusPort": 9000,
+                   "storage": {"defaultEndpoint": "https://minio.example.com"}},
+        "metrics": {"serviceMonitor": {"interval": "1m30s"}},
+        "logFormat": "json",
+    }))
+    result = helm("template", "kt", str(CHART), "-f", str(values_file), check=False)
+    assert result.returncode == 0, result.stderr
