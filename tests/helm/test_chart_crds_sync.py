@@ -2,7 +2,7 @@
 
 crds/ is generated from the pydantic models (kubetune.api.crdgen); the chart carries
 copies because Helm only installs CRDs from inside the chart. Sync with:
-    cp crds/*.yaml helm/kubetune/crds/
+    make crds   (runs crdgen, then cp crds/*.yaml helm/kubetune/crds/)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "crds"
 CHART_CRDS = REPO / "helm" / "kubetune" / "crds"
-SYNC = "cp crds/*.yaml helm/kubetune/crds/"
+SYNC = "make crds  (or: cp crds/*.yaml helm/kubetune/crds/)"
 
 
 def test_chart_crds_equal_generated_crds() -> None:

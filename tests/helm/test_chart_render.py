@@ -15,6 +15,7 @@ from chart_render import (CHART, NAMESPACE, SCENARIOS, effective_values, helm, o
                       values_args)
 
 from kubetune.devenv.pod_security import check_restricted, pod_spec_of
+from kubetune.operator.config import OperatorConfig, parse_config
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +120,19 @@ def test_config_has_exactly_the_model_keys_with_user_values(scenario: str) -> No
     config = yaml.safe_load(config_map["data"]["config.yaml"])
     assert set(config) == CONFIG_KEYS
     assert config == effective_values(scenario)["config"]
+
+
+def test_operator_config_model_accepts_the_rendered_config(scenario: str) -> None:
+    """The operator's own parser reads what the chart renders, without a refusal."""
+    config_map = only(render(scenario), "ConfigMap")
+    config = parse_config(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert config.spot_provider == effective_values(scenario)["config"]["spotProvider"]
+    assert config.spot_profile() is not None
+
+
+def test_chart_defaults_equal_the_config_model_defaults() -> None:
+    config_map = only(render("default"), "ConfigMap")
+    assert parse_config(yaml.safe_load(config_map["data"]["config.yaml"])) == OperatorConfig()
 
 
 def test_config_change_rolls_the_operator() -> None:

@@ -22,6 +22,7 @@ import kmock
 from kmock._internal import apps, references, rendering
 
 from kubetune.devenv import apiserver_errors as errors
+from kubetune.devenv import apiserver_openapi as openapi
 from kubetune.devenv.apiserver_errors import ApiError
 from kubetune.devenv.apiserver_patch import PATCH_TYPES, parse_patch_body
 from kubetune.devenv.apiserver_registry import (ResourceRegistry, ResourceType,
@@ -201,7 +202,13 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         if route is None or route.plural is None:
             raise errors.unknown_path(path)
         rtype = self._rtype(route.group, route.version, route.plural)
+        self.store.field_validation = _field_validation(request.params)
+        self.store.warnings = []
         result = self._serve_resource(request, route, rtype)
+        if self.store.warnings:
+            warning = ", ".join(self.store.warnings).replace('"', "'")
+            result = attrs.evolve(result, headers={**(result.headers or {}),
+                                                   "Warning": f'299 - "{warning}"'})
         if self.store.has_garbage:
             asyncio.get_running_loop().call_soon(self.store.collect_garbage)
         return result
@@ -218,6 +225,10 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         if path == "/":
             return {"paths": ["/api", "/api/v1", "/apis", "/healthz", "/version"] + sorted(
                 f"/apis/{t.group}/{t.version}" for t in self.registry.all() if t.group)}
+        if path == "/openapi/v3":
+            return openapi.index_doc(self.registry)
+        if path.startswith("/openapi/v3/"):
+            return self._openapi_gv_doc(path)
         route = parse_resource_path(path)
         if route is not None and route.plural is None:
             doc = self.registry.resource_list_doc(route.group, route.version)
@@ -231,6 +242,18 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 raise errors.unknown_path(path)
             return doc
         return None
+
+    def _openapi_gv_doc(self, path: str) -> dict[str, Any]:
+        parts = path[len("/openapi/v3/"):].split("/")
+        if len(parts) == 2 and parts[0] == "api":
+            doc = openapi.group_version_doc(self.registry, "", parts[1])
+        elif len(parts) == 3 and parts[0] == "apis":
+            doc = openapi.group_version_doc(self.registry, parts[1], parts[2])
+        else:
+            doc = None
+        if doc is None:
+            raise errors.unknown_path(path)
+        return doc
 
     def _rtype(self, group: str, version: str, plural: str) -> ResourceType:
         rtype = self.registry.find(group, version, plural)
@@ -267,8 +290,9 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                                f"the body of the request was in an unknown format - accepted"
                                f" media types include: {', '.join(PATCH_TYPES)}")
             body = parse_patch_body(content_type, request.body)
+            existed = self.store.exists(rtype, ns, route.name)
             obj = self.store.patch(rtype, ns, route.name, content_type, body, route.subresource)
-            return _json_response(obj)
+            return _json_response(obj, 200 if existed else 201)  # apply-patch may create
         if method == "DELETE":
             options = self._json_body(request) if request.body.strip() else {}
             if "propagationPolicy" in params:
@@ -369,6 +393,14 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         """End every open watch (on server stop), so the HTTP server can shut down at once."""
         for queue in list(self._watch_queues):
             queue.put_nowait(None)
+
+
+def _field_validation(params: dict[str, str]) -> str:
+    mode = params.get("fieldValidation", "Warn")
+    if mode not in ("Ignore", "Warn", "Strict"):
+        raise errors.bad_request(f"fieldValidation: Unsupported value: {mode!r}: supported"
+                                 " values: \"Ignore\", \"Strict\", \"Warn\"")
+    return mode
 
 
 def _visible_event_type(event: WatchEvent, visible) -> str | None:

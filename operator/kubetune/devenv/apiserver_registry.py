@@ -7,6 +7,9 @@ short names and scopes match a real server without us maintaining a table.
 
 from __future__ import annotations
 
+import copy
+import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,21 +55,29 @@ class ResourceType:
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
-def bundled_resource_types() -> list[ResourceType]:
-    """The built-in kinds of a recent real cluster, from kmock's bundled discovery dump."""
+@functools.cache
+def _bundled_catalogue() -> tuple[dict[str, Any], ...]:
+    """kmock's bundled discovery dump, read once per process (it is a gzipped JSON)."""
     catalogue = kmock.ResourcesArray()
-    catalogue.load_bundled()
-    types = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # kmock uses read_binary()
+        catalogue.load_bundled()
+    entries = []
     for ref in catalogue:
         info = catalogue[ref]
-        types.append(ResourceType(
+        entries.append(dict(
             group=ref.group or "", version=ref.version, plural=ref.plural,
             kind=info.kind or ref.plural.capitalize(), namespaced=bool(info.namespaced),
             singular=info.singular or (info.kind or "").lower(),
             short_names=sorted(info.shortnames), categories=sorted(info.categories),
             verbs=sorted(info.verbs), subresources=sorted(info.subresources),
         ))
-    return types
+    return tuple(entries)
+
+
+def bundled_resource_types() -> list[ResourceType]:
+    """The built-in kinds of a recent real cluster, from kmock's bundled discovery dump."""
+    return [ResourceType(**copy.deepcopy(entry)) for entry in _bundled_catalogue()]
 
 
 def _require(mapping: dict[str, Any], path: str) -> Any:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from kubetune.devenv import apiserver_errors as errors
 from kubetune.devenv.apiserver_patch import APPLY_PATCH, JSON_PATCH, apply_patch
 from kubetune.devenv.apiserver_registry import ResourceType
+from kubetune.devenv.apiserver_schema import prune
 
 Obj = dict[str, Any]
 Admit = Callable[[ResourceType, Obj, "Obj | None"], Obj]
@@ -74,6 +75,9 @@ class ObjectStore:
         self._subscribers: list[Callable[[WatchEvent], None]] = []
         self._gc_pending: list[str] = []
         self._admit = admit
+        # Per-request settings, set by the HTTP layer before each write (single-threaded).
+        self.field_validation = "Warn"
+        self.warnings: list[str] = []
 
     # --- reading --------------------------------------------------------------------------
 
@@ -86,6 +90,9 @@ class ObjectStore:
         if stored is None:
             raise errors.not_found(rtype.plural, rtype.group, name)
         return self._present(rtype, stored)
+
+    def exists(self, rtype: ResourceType, namespace: str | None, name: str) -> bool:
+        return (namespace or "", name) in self._objects[rtype.storage_key]
 
     def list(self, rtype: ResourceType, namespace: str | None,
              predicate: Callable[[Obj], bool]) -> list[Obj]:
@@ -286,7 +293,18 @@ class ObjectStore:
             raise errors.conflict(rtype.plural, rtype.group, name)
 
     def _admitted(self, rtype: ResourceType, new: Obj, old: Obj | None) -> Obj:
-        if self._admit is None or not rtype.custom:
+        """Prune undeclared fields (or refuse them under Strict), then call admission."""
+        if not rtype.custom:
+            return new
+        new, unknown = prune(new, rtype.schema)
+        if unknown and self.field_validation == "Strict":
+            raise errors.bad_request(
+                f"{rtype.kind} in version \"{rtype.version}\" cannot be handled as a"
+                f" {rtype.kind}: strict decoding error: "
+                + ", ".join(f'unknown field "{path}"' for path in unknown))
+        if unknown and self.field_validation == "Warn":
+            self.warnings.extend(f'unknown field "{path}"' for path in unknown)
+        if self._admit is None:
             return new
         return self._admit(rtype, new, clone(old) if old is not None else None)
 

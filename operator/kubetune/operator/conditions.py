@@ -26,11 +26,29 @@ IN_PROGRESS_PHASES = {"Pending", "Scheduling", "Running", "Recovering"}
 def job_condition_statuses(phase: FineTunePhase) -> dict[str, ConditionStatus]:
     """The status of each condition type in a phase."""
     if phase == "Succeeded":
-        return {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Succeeded": "True", "Failed": "False"}
+        return {
+            "Ready": "True",
+            "Reconciling": "False",
+            "Stalled": "False",
+            "Succeeded": "True",
+            "Failed": "False",
+        }
     if phase == "Failed":
-        return {"Ready": "False", "Reconciling": "False", "Stalled": "True", "Succeeded": "False", "Failed": "True"}
+        return {
+            "Ready": "False",
+            "Reconciling": "False",
+            "Stalled": "True",
+            "Succeeded": "False",
+            "Failed": "True",
+        }
     if phase in IN_PROGRESS_PHASES:
-        return {"Ready": "False", "Reconciling": "True", "Stalled": "False", "Succeeded": "False", "Failed": "False"}
+        return {
+            "Ready": "False",
+            "Reconciling": "True",
+            "Stalled": "False",
+            "Succeeded": "False",
+            "Failed": "False",
+        }
     raise ValueError(f"status.phase: unknown FineTuneJob phase {phase!r}")
 
 
@@ -46,24 +64,20 @@ def job_conditions(
     previous: list[Condition] | None,
     now: datetime,
 ) -> list[Condition]:
-    """All five conditions for `phase`; the reason/message describe the phase, and True
-    conditions share them while False ones say what the job is not (yet)."""
+    """All five conditions for `phase`, each carrying the phase's reason and message, so
+    whichever condition a tool reads explains the job's state."""
     statuses = job_condition_statuses(phase)
     result = []
     for kind in JOB_CONDITION_TYPES:
         status = statuses[kind]
         old = _find(previous or [], kind)
         since = old.last_transition_time if old is not None and old.status == status else now
-        if status == "True" or kind == "Ready":
-            cond_reason, cond_message = reason, message
-        else:
-            cond_reason, cond_message = f"Not{kind}", ""
         result.append(
             Condition(
                 type=kind,
                 status=status,
-                reason=cond_reason,
-                message=cond_message,
+                reason=reason,
+                message=message,
                 last_transition_time=since,
                 observed_generation=generation,
             )

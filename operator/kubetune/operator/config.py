@@ -148,8 +148,10 @@ class OperatorConfig(ApiModel):
         override = self.spot_profiles.get(self.spot_provider)
         if builtin is None and override is None:
             raise ConfigError(
-                [f"config.spotProfiles.{self.spot_provider}: required when "
-                 f"spotProvider is {self.spot_provider!r} (no built-in profile)"]
+                [
+                    f"config.spotProfiles.{self.spot_provider}: required when "
+                    f"spotProvider is {self.spot_provider!r} (no built-in profile)"
+                ]
             )
         if override is None:
             return builtin

@@ -149,14 +149,28 @@ def classify_pod(
         )  # fmt: skip
     if status.get("reason") in INFRASTRUCTURE_REASONS:
         return PodState(
-            "Preempted", status["reason"], sanitize_message(status.get("message")), done, exit_code, summary
+            "Preempted",
+            status["reason"],
+            sanitize_message(status.get("message")),
+            done,
+            exit_code,
+            summary,
         )
     node_name = (pod.get("spec") or {}).get("nodeName")
     if node_name and node_exists is False:
-        return PodState("Preempted", "NodeDeleted", f"node {node_name} no longer exists", done, exit_code, summary)
+        return PodState(
+            "Preempted",
+            "NodeDeleted",
+            f"node {node_name} no longer exists",
+            done,
+            exit_code,
+            summary,
+        )
     taint = profile.is_interrupting(node) if node_name else None
     if taint and not done:
-        return PodState("Preempted", "SpotInterruption", f"node {node_name} has taint {taint}", False)
+        return PodState(
+            "Preempted", "SpotInterruption", f"node {node_name} has taint {taint}", False
+        )
 
     if terminated is not None:
         reason = terminated.get("reason") or "Error"
@@ -167,7 +181,12 @@ def classify_pod(
             message = f"out of memory (OOMKilled, exit code {exit_code}); {message}".rstrip("; ")
         return PodState("Failed", reason, message, True, exit_code, summary)
     if phase == "Failed":
-        return PodState("Failed", status.get("reason") or "PodFailed", sanitize_message(status.get("message")), True)
+        return PodState(
+            "Failed",
+            status.get("reason") or "PodFailed",
+            sanitize_message(status.get("message")),
+            True,
+        )
     if phase == "Unknown":
         return PodState("Lost", "NodeUnreachable", f"node {node_name} stopped reporting the pod")
     if phase == "Running":
@@ -180,15 +199,23 @@ def _pending(pod: dict) -> PodState:
     since = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
     waiting = ((main_container_status(pod) or {}).get("state") or {}).get("waiting")
     if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-        return PodState("Pending", waiting["reason"], sanitize_message(waiting.get("message")), pending_since=since)
+        return PodState(
+            "Pending",
+            waiting["reason"],
+            sanitize_message(waiting.get("message")),
+            pending_since=since,
+        )
     scheduled = _condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         return PodState(
             "Pending", scheduled.get("reason") or "Unschedulable",
             sanitize_message(scheduled.get("message")), pending_since=since,
         )  # fmt: skip
-    return PodState("Pending", "Scheduling" if not (pod.get("spec") or {}).get("nodeName") else "Starting",
-                    pending_since=since)
+    return PodState(
+        "Pending",
+        "Scheduling" if not (pod.get("spec") or {}).get("nodeName") else "Starting",
+        pending_since=since,
+    )
 
 
 _SEVERITY = {"Succeeded": 0, "Running": 1, "Pending": 2, "Lost": 3, "Failed": 4, "Preempted": 5}
@@ -216,5 +243,7 @@ def attempt_state(head: PodState, workers: list[PodState]) -> PodState:
     worst = max(states, key=lambda state: _SEVERITY[state.kind])
     if worst.kind == "Pending":
         since = [state.pending_since for state in pending if state.pending_since]
-        return PodState("Pending", worst.reason, worst.message, pending_since=min(since) if since else None)
+        return PodState(
+            "Pending", worst.reason, worst.message, pending_since=min(since) if since else None
+        )
     return worst

@@ -85,10 +85,14 @@ class StayOnSpot:
 
     name = "StayOnSpot"
 
-    def after_preemption(self, spot: SpotPolicy, current: CapacityType, recoveries: int) -> CapacityType:
+    def after_preemption(
+        self, spot: SpotPolicy, current: CapacityType, recoveries: int
+    ) -> CapacityType:
         return current
 
-    def while_pending(self, spot: SpotPolicy, current: CapacityType, pending_seconds: float) -> CapacityType:
+    def while_pending(
+        self, spot: SpotPolicy, current: CapacityType, pending_seconds: float
+    ) -> CapacityType:
         return current
 
 
@@ -97,12 +101,16 @@ class FallbackToOnDemand:
 
     name = "FallbackToOnDemand"
 
-    def after_preemption(self, spot: SpotPolicy, current: CapacityType, recoveries: int) -> CapacityType:
+    def after_preemption(
+        self, spot: SpotPolicy, current: CapacityType, recoveries: int
+    ) -> CapacityType:
         if current == "spot" and recoveries >= spot.fallback_after_preemptions:
             return "on-demand"
         return current
 
-    def while_pending(self, spot: SpotPolicy, current: CapacityType, pending_seconds: float) -> CapacityType:
+    def while_pending(
+        self, spot: SpotPolicy, current: CapacityType, pending_seconds: float
+    ) -> CapacityType:
         if current == "spot" and pending_seconds >= spot.fallback_after_pending_seconds:
             return "on-demand"
         return current
@@ -111,10 +119,14 @@ class FallbackToOnDemand:
 STRATEGIES = {strategy.name: strategy for strategy in (StayOnSpot(), FallbackToOnDemand())}
 
 
-def decide(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: datetime) -> Decision:
+def decide(
+    spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: datetime
+) -> Decision:
     """The next step for the job whose current attempt is in `outcome`."""
     if outcome.kind == "Succeeded":
-        return Decision("succeed", "Succeeded", "TrainingSucceeded", "the adapter is written", state)
+        return Decision(
+            "succeed", "Succeeded", "TrainingSucceeded", "the adapter is written", state
+        )
     if outcome.kind == "Running":
         return Decision("wait", "Running", "Training", "training is running", state)
     if outcome.kind == "Pending":
@@ -124,7 +136,9 @@ def decide(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: 
     return _failed(spec, state, outcome)
 
 
-def _pending(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: datetime) -> Decision:
+def _pending(
+    spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: datetime
+) -> Decision:
     waited = (now - outcome.pending_since).total_seconds() if outcome.pending_since else 0.0
     detail = f"pods pending ({outcome.reason}) for {int(waited)}s"
     if outcome.message:
@@ -153,7 +167,9 @@ def _preempted(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState) -
             state,
         )  # fmt: skip
     recoveries = state.recoveries + 1
-    capacity = STRATEGIES[spec.spot.strategy].after_preemption(spec.spot, state.capacity_type, recoveries)
+    capacity = STRATEGIES[spec.spot.strategy].after_preemption(
+        spec.spot, state.capacity_type, recoveries
+    )
     fell_back = capacity != state.capacity_type
     message = f"recovery {recoveries}/{spec.spot.max_recoveries} after {cause}"
     if fell_back:
@@ -238,7 +254,9 @@ def pod_gpu_interval(pod: dict, gpu_resource_name: str) -> GpuInterval | None:
     return GpuInterval(capacity, gpus, started, finished)
 
 
-def add_gpu_seconds(total: GpuSeconds | None, intervals: list[GpuInterval], now: datetime) -> GpuSeconds:
+def add_gpu_seconds(
+    total: GpuSeconds | None, intervals: list[GpuInterval], now: datetime
+) -> GpuSeconds:
     """`total` plus the intervals, split by capacity type. Add an attempt's pods once,
     in the same status write that moves to the next attempt."""
     spot = total.spot if total else 0.0

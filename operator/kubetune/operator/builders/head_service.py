@@ -18,13 +18,20 @@ def build_head_service(job: JobMeta, spec: FineTuneJobSpec, config: OperatorConf
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(job, head_service_name(job.name), child_labels(job.name, COMPONENT_HEAD)),
+        "metadata": object_meta(
+            job, head_service_name(job.name), child_labels(job.name, COMPONENT_HEAD)
+        ),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": head_selector(job.name),
             "ports": [
-                {"name": "ray-gcs", "port": RAY_GCS_PORT, "targetPort": RAY_GCS_PORT, "protocol": "TCP"},
+                {
+                    "name": "ray-gcs",
+                    "port": RAY_GCS_PORT,
+                    "targetPort": RAY_GCS_PORT,
+                    "protocol": "TCP",
+                },
                 {
                     "name": "status",
                     "port": config.trainer_status_port,

@@ -27,7 +27,9 @@ def node_selector(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: Ca
     return dict(sorted(selector.items()))
 
 
-def tolerations(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType) -> list[dict]:
+def tolerations(
+    spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType
+) -> list[dict]:
     """The spec's tolerations, plus the spot pool's on spot (without duplicates)."""
     result = [toleration.to_wire() for toleration in spec.resources.tolerations]
     if capacity_type == "spot":

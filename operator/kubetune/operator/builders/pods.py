@@ -60,7 +60,9 @@ def _container_security() -> dict:
     }
 
 
-def _common_env(spec: FineTuneJobSpec, config: OperatorConfig, attempt: int, capacity_type: str) -> list[dict]:
+def _common_env(
+    spec: FineTuneJobSpec, config: OperatorConfig, attempt: int, capacity_type: str
+) -> list[dict]:
     """Writable places for a read-only root, the attempt for the trainer's logs, and S3."""
     return [
         {"name": "HOME", "value": "/tmp"},
@@ -129,7 +131,12 @@ def _pod(
         pod_spec["affinity"] = spec.resources.affinity
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(job, name, labels), "spec": pod_spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": object_meta(job, name, labels),
+        "spec": pod_spec,
+    }
 
 
 def trainer_command(job: JobMeta, config: OperatorConfig) -> list[str]:
@@ -192,7 +199,9 @@ def build_head_pod(
         "volumeMounts": mounts,
     }
     labels = child_labels(job.name, COMPONENT_HEAD, attempt, capacity_type)
-    return _pod(job, spec, config, capacity_type, head_pod_name(job.name), labels, container, volumes)
+    return _pod(
+        job, spec, config, capacity_type, head_pod_name(job.name), labels, container, volumes
+    )
 
 
 def build_worker_pod(
@@ -212,7 +221,12 @@ def build_worker_pod(
         "name": WORKER_CONTAINER,
         "image": image,
         "imagePullPolicy": pull_policy,
-        "command": ["ray", "start", f"--address={head_service_name(job.name)}:{RAY_GCS_PORT}", "--block"],
+        "command": [
+            "ray",
+            "start",
+            f"--address={head_service_name(job.name)}:{RAY_GCS_PORT}",
+            "--block",
+        ],
         "env": _common_env(spec, config, attempt, capacity_type),
         "resources": _resources(spec),
         "securityContext": _container_security(),
@@ -221,7 +235,16 @@ def build_worker_pod(
         "volumeMounts": mounts,
     }
     labels = child_labels(job.name, COMPONENT_WORKER, attempt, capacity_type)
-    return _pod(job, spec, config, capacity_type, worker_pod_name(job.name, index), labels, container, volumes)
+    return _pod(
+        job,
+        spec,
+        config,
+        capacity_type,
+        worker_pod_name(job.name, index),
+        labels,
+        container,
+        volumes,
+    )
 
 
 def build_worker_pods(

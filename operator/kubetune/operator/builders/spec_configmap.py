@@ -56,6 +56,8 @@ def build_spec_configmap(job: JobMeta, spec: FineTuneJobSpec, config: OperatorCo
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": object_meta(job, spec_configmap_name(job.name), child_labels(job.name, COMPONENT_SPEC)),
+        "metadata": object_meta(
+            job, spec_configmap_name(job.name), child_labels(job.name, COMPONENT_SPEC)
+        ),
         "data": {SPEC_KEY: document + "\n"},
     }

@@ -30,7 +30,9 @@ def storage_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict]:
             ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
             ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key),
         ):
-            env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+            env.append(
+                {"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}
+            )
     return env
 
 

@@ -1,0 +1,145 @@
+"""Checks an adapter must pass before it touches the served model.
+
+A bad adapter must fail alone with a message a user can act on, so each check raises
+AdapterRejected with the reason, before peft sees the files: peft would otherwise fail
+half-way through injecting layers (leaving the model altered), or unpickle a .bin file,
+which runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kubetune.workers.manifest import (
+    MANIFEST_NAME,
+    PICKLE_SUFFIXES,
+    Manifest,
+    ManifestError,
+    sha256_bytes,
+    verify_directory,
+)
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+LORA_KEY_PREFIX = "base_model.model."
+
+
+class AdapterRejected(ValueError):
+    """The adapter cannot be served here; the message says why."""
+
+
+def check_files(directory: Path, expected_sha256: str | None) -> tuple[Manifest, str]:
+    """manifest.json present and pinned (when the spec pins it); every file matches it;
+    no pickle anywhere, listed or not. Returns the manifest and its own sha256."""
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise AdapterRejected(
+            f"pickle files are refused (they run code when loaded); found {', '.join(pickled)}; "
+            "save the adapter with safetensors"
+        )
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise AdapterRejected("no manifest.json under the prefix: the adapter is incomplete")
+    raw = manifest_path.read_bytes()
+    actual = sha256_bytes(raw)
+    if expected_sha256 and actual != expected_sha256.lower():
+        raise AdapterRejected(
+            f"manifest.json sha256 {actual} differs from the pinned sha256 {expected_sha256}"
+        )
+    try:
+        manifest = Manifest.from_json(raw)
+        verify_directory(directory, manifest)
+    except ManifestError as exc:
+        raise AdapterRejected(f"integrity check failed: {exc}") from exc
+    for required in (WEIGHTS_NAME, CONFIG_NAME):
+        if required not in manifest.files:
+            raise AdapterRejected(f"{required} is missing from the adapter")
+    return manifest, actual
+
+
+def _normal(uri: str | None) -> str | None:
+    return uri.rstrip("/") if uri else None
+
+
+def check_base_identity(manifest: Manifest, adapter_config: dict, served_uri: str) -> None:
+    """The adapter says which base it was trained on; refuse one trained on another."""
+    claimed = _normal(manifest.base_model.get("uri"))
+    if claimed is None:
+        name = adapter_config.get("base_model_name_or_path") or ""
+        claimed = _normal(name) if "://" in name else None
+    if claimed is not None and claimed != _normal(served_uri):
+        raise AdapterRejected(
+            f"adapter was trained on base {claimed}, but this server serves {served_uri}"
+        )
+
+
+def read_adapter_config(directory: Path) -> dict:
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterRejected(f"{CONFIG_NAME} is not readable JSON: {exc}") from exc
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise AdapterRejected(f"peft_type {config.get('peft_type')!r} is not LORA")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise AdapterRejected(f"{CONFIG_NAME}: r (rank) must be a positive integer, got {rank!r}")
+    return config
+
+
+def tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from the safetensors header alone (no tensor is materialised)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise AdapterRejected(f"{WEIGHTS_NAME} is not a valid safetensors file: {exc}") from exc
+
+
+def check_shapes(
+    shapes: dict[str, tuple[int, ...]],
+    rank: int,
+    base_linears: dict[str, tuple[int, int]],
+) -> None:
+    """Every lora_A is (rank, in) and lora_B is (out, rank) of a Linear the base really has."""
+    if not shapes:
+        raise AdapterRejected(f"{WEIGHTS_NAME} holds no tensors")
+    for key, shape in sorted(shapes.items()):
+        for part, expect in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
+            if not key.endswith(part):
+                continue
+            module = key[: -len(part)].removeprefix(LORA_KEY_PREFIX)
+            if module not in base_linears:
+                raise AdapterRejected(f"{key} targets {module}, which the served base does not have")
+            in_features, out_features = base_linears[module]
+            want = (rank, in_features) if expect == "A" else (out_features, rank)
+            if shape != want:
+                raise AdapterRejected(
+                    f"{key} has shape {list(shape)} but the served base needs {list(want)} "
+                    f"(rank {rank}): the adapter was made for a different base model"
+                )
+            break
+        else:
+            if "lora_" not in key:
+                raise AdapterRejected(f"{key} is not a LoRA tensor")
+
+
+def verify_adapter(
+    directory: Path,
+    expected_sha256: str | None,
+    served_uri: str,
+    base_linears: dict[str, tuple[int, int]],
+) -> tuple[Manifest, str]:
+    """All checks, cheapest first. Returns the manifest and its sha256 (the identity)."""
+    manifest, identity = check_files(directory, expected_sha256)
+    config = read_adapter_config(directory)
+    check_base_identity(manifest, config, served_uri)
+    rank = config["r"]
+    method_rank = manifest.method.get("rank")
+    if method_rank is not None and method_rank != rank:
+        raise AdapterRejected(f"manifest rank {method_rank} differs from {CONFIG_NAME} r={rank}")
+    check_shapes(tensor_shapes(directory), rank, base_linears)
+    return manifest, identity

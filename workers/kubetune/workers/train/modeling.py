@@ -1,0 +1,123 @@
+"""Base model, LoRA adapter, optimizer and schedule, built from the spec.
+
+qlora loads the frozen base with bitsandbytes (4-bit NF4/FP4 with optional double
+quantization, or 8-bit) and runs `prepare_model_for_kbit_training`; lora loads it
+unquantized. Both enable gradient checkpointing, trading compute for activation memory.
+"""
+
+from __future__ import annotations
+
+from .errors import ModelSourceError
+
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def quantization_config(method):
+    """BitsAndBytesConfig for the spec's method, or None for plain lora."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    quant = method.effective_quantization()
+    if quant is None:
+        return None
+    compute = getattr(torch, DTYPES[quant.compute_dtype])
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_tokenizer(model_dir: str, spec):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir,
+            revision=spec.base_model.revision,
+            trust_remote_code=spec.base_model.trust_remote_code,
+        )
+    except Exception as exc:
+        raise ModelSourceError(f"baseModel {spec.base_model.uri}: tokenizer: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_peft_model(model_dir: str, spec, device):
+    """The base model with a fresh LoRA adapter; only adapter weights require grad."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(spec.method)
+    kwargs = {}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": str(device)}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            revision=spec.base_model.revision,
+            trust_remote_code=spec.base_model.trust_remote_code,
+            **kwargs,
+        )
+    except Exception as exc:
+        raise ModelSourceError(f"baseModel {spec.base_model.uri}: {exc}") from exc
+    checkpointing = {"use_reentrant": False}
+    if quant is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
+        )
+    else:
+        model.to(device)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    lora = spec.method.lora
+    targets = lora.target_modules
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelSourceError(f"spec.method.lora.targetModules: {exc}") from exc
+
+
+def make_optimizer(model, training, device):
+    """Paged 8-bit AdamW on GPU; torch AdamW on CPU.
+
+    Paged optimizers page state through CUDA unified memory and the 8-bit state needs
+    CUDA kernels, so neither exists on a CPU; the adapter's state is tiny there anyway.
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if device.type == "cuda":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(
+            params, lr=training.learning_rate, weight_decay=training.weight_decay
+        )
+    return torch.optim.AdamW(
+        params, lr=training.learning_rate, weight_decay=training.weight_decay, foreach=False
+    )
+
+
+def make_scheduler(optimizer, training, total_steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        training.scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=training.warmup_steps,
+        num_training_steps=total_steps,
+    )

@@ -1,0 +1,45 @@
+"""GET /progress: the trainer's progress as JSON, for the operator to poll.
+
+An HTTP endpoint on the pod needs no Kubernetes API or S3 permission at all (least
+privilege): the operator reads http://<pod>:<port>/progress and copies it into status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("kubetune.train")
+
+
+def serve_progress(snapshot, port: int, host: str | None = None) -> ThreadingHTTPServer:
+    """Start a daemon-thread server answering GET /progress with `snapshot()`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            if self.path.rstrip("/") != "/progress":
+                self.send_error(404, "only /progress is served")
+                return
+            try:
+                body = json.dumps(snapshot()).encode()
+            except Exception as exc:  # the board may be gone while shutting down
+                self.send_error(503, f"progress unavailable: {exc}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    bind = host or os.environ.get("POD_IP") or "0.0.0.0"
+    server = ThreadingHTTPServer((bind, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="progress-http", daemon=True).start()
+    log.info("progress served on http://%s:%d/progress", bind, server.server_address[1])
+    return server

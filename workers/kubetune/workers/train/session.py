@@ -1,0 +1,228 @@
+"""One attempt of a fine-tune on one worker: load, resume, train, checkpoint, publish.
+
+Split from `loop` so each phase is a short method; the order of phases is the contract:
+a stop request is honoured only between optimizer steps, after which a checkpoint is
+uploaded (manifest last) before the attempt reports "preempted".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..manifest import Manifest
+from ..objectstore import make_client
+from . import data as datamod
+from . import modeling, sources, state, storage
+from .loop import LOSS_WINDOW, RunState, evaluate, seed_everything, train_step
+
+log = logging.getLogger("kubetune.train")
+KEEP_CHECKPOINTS = 2
+LOG_EVERY_SECONDS = 10.0
+
+
+class TrainingSession:
+    def __init__(self, config: dict, control, worker, workdir: Path) -> None:
+        from kubetune.api import FineTuneJobSpec, parse_spec
+
+        self.config = config
+        self.control = control
+        self.worker = worker
+        self.workdir = workdir
+        self.spec = parse_spec(FineTuneJobSpec, config["spec"])
+        self.location = storage.JobLocation(self.spec.output.uri, config["namespace"], config["job"])
+        self.started = config.get("startedAt") or time.time()
+        self.run_state = RunState()
+        self.timings = {"checkpointSeconds": 0.0, "trainSeconds": 0.0, "firstStepSeconds": None}
+        self.last_checkpoint: dict | None = None
+        self._last_log = 0.0
+        self._steps_this_attempt = 0
+
+    def client(self):
+        return make_client(self.spec.output.endpoint, self.spec.output.region)
+
+    def report(self, **fields) -> None:
+        if self.worker.is_chief:
+            self.control.update(fields)
+
+    # phases -------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        self.report(phase="Loading")
+        self.prepare()
+        resumed = self.resume()
+        if self.stop_now():
+            return self.preempted(wrote_checkpoint=False)
+        if not resumed and self.eval_examples:
+            self.run_state.initial_eval_loss = self.evaluate()
+            self.report(evalLoss=self.run_state.initial_eval_loss)
+        self.report(phase="Training")
+        while self.run_state.step < self.total_steps:
+            self.step_once()
+            if self.stop_now():
+                if self.last_checkpoint is None or self.last_checkpoint["step"] != self.run_state.step:
+                    self.checkpoint()
+                return self.preempted(wrote_checkpoint=True)
+            if self.run_state.step % self.spec.spot.checkpoint_interval_steps == 0 and \
+                    self.run_state.step < self.total_steps:
+                self.run_state.eval_loss = self.evaluate()
+                self.checkpoint()
+        return self.finish()
+
+    def prepare(self) -> None:
+        spec, training = self.spec, self.spec.training
+        model_dir = sources.model_directory(
+            spec.base_model.uri, spec.base_model.revision, self.client, self.workdir
+        )
+        self.tokenizer = modeling.load_tokenizer(model_dir, spec)
+        text = sources.read_dataset(spec.dataset.uri, self.client)
+        rows = datamod.parse_jsonl(text, spec.dataset.uri)
+        train_idx, eval_idx = datamod.split_rows(len(rows), spec.dataset.eval_fraction, training.seed)
+
+        def build(indices):
+            picked = [rows[i] for i in indices]
+            return datamod.build_examples(picked, spec.dataset.format, self.tokenizer,
+                                          training.max_seq_length, training.packing,
+                                          spec.dataset.uri) if picked else []
+
+        self.train_examples = build(train_idx)
+        self.eval_examples = build(eval_idx)
+        self.order = datamod.DataOrder(len(self.train_examples), training.batch_size,
+                                       self.worker.world_size,
+                                       training.gradient_accumulation_steps, training.seed)
+        self.order.check(spec.dataset.uri)
+        self.total_steps = self.order.total_steps(training.epochs, training.max_steps)
+        seed_everything(training.seed)
+        self.model = modeling.load_peft_model(model_dir, spec, self.worker.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = modeling.make_optimizer(self.model, training, self.worker.device)
+        self.scheduler = modeling.make_scheduler(self.optimizer, training, self.total_steps)
+        self.report(totalSteps=self.total_steps, step=0, epoch=0.0)
+
+    def resume(self) -> bool:
+        """Continue from the newest verified checkpoint, if any; True when resumed."""
+        found = storage.latest_checkpoint(self.client(), self.location, self.workdir / "resume")
+        if found is None:
+            return False
+        step, prefix = found
+        body = state.load_training_state(self.workdir / "resume", self.model, self.optimizer,
+                                         self.scheduler)
+        self.run_state = RunState.from_json(body)
+        if self.run_state.step != step:
+            raise ValueError(f"checkpoint {prefix}: trainer_state step {self.run_state.step} != {step}")
+        self.last_checkpoint = {"step": step, "uri": str(prefix)}
+        self.report(step=step, lastCheckpoint=self.last_checkpoint,
+                    evalLoss=self.run_state.eval_loss)
+        log.info("resumed from %s (step %d of %d)", prefix, step, self.total_steps)
+        return True
+
+    def stop_now(self) -> bool:
+        return self.worker.agree(self.worker.is_chief and self.control.stop_requested())
+
+    def step_once(self) -> None:
+        began = time.time()
+        batches = self.order.micro_batches(self.run_state.step, self.worker.rank)
+        loss, tokens = train_step(self.model, self.optimizer, self.scheduler, self.train_examples,
+                                  batches, self.params, self.worker, self.spec.training,
+                                  self.tokenizer.pad_token_id)
+        elapsed = time.time() - began
+        rs = self.run_state
+        rs.step += 1
+        rs.tokens += tokens
+        rs.recent_losses = (rs.recent_losses + [loss])[-LOSS_WINDOW:]
+        self.timings["trainSeconds"] += elapsed
+        if self.timings["firstStepSeconds"] is None:
+            self.timings["firstStepSeconds"] = time.time() - self.started
+        self._steps_this_attempt += 1
+        per_step = self.timings["trainSeconds"] / self._steps_this_attempt
+        self.report(step=rs.step, loss=loss, epoch=rs.step / self.order.steps_per_epoch,
+                    tokensPerSecond=tokens / elapsed if elapsed > 0 else None,
+                    etaSeconds=int(per_step * (self.total_steps - rs.step)))
+        if self.worker.is_chief and time.time() - self._last_log >= LOG_EVERY_SECONDS:
+            self._last_log = time.time()
+            log.info("step %d/%d loss %.4f tokens/s %.0f", rs.step, self.total_steps, loss,
+                     tokens / elapsed if elapsed > 0 else 0.0)
+
+    def evaluate(self) -> float | None:
+        return evaluate(self.model, self.eval_examples, self.tokenizer.pad_token_id,
+                        self.spec.training.batch_size, self.worker.device)
+
+    def checkpoint(self) -> None:
+        """Rank 0 writes and uploads the state; other ranks wait so none runs ahead."""
+        began = time.time()
+        if self.worker.is_chief:
+            self.report(phase="Checkpointing")
+            step = self.run_state.step
+            local = self.workdir / f"checkpoint-{step}"
+            state.save_training_state(local, self.model, self.optimizer, self.scheduler,
+                                      self.run_state.to_json(self.order))
+            manifest = Manifest(kind="checkpoint", step=step, base_model=self.base_model_ref(),
+                                method=self.method_ref(), training=self.training_ref(),
+                                metrics=self.metrics())
+            published = storage.publish_directory(self.client(), local,
+                                                  self.location.checkpoint(step), manifest)
+            self.last_checkpoint = {"step": step, "uri": published.uri}
+            storage.prune_checkpoints(self.client(), self.location, KEEP_CHECKPOINTS)
+            self.report(phase="Training", lastCheckpoint=self.last_checkpoint,
+                        evalLoss=self.run_state.eval_loss)
+            log.info("checkpoint step %d -> %s", step, published.uri)
+        else:
+            self.last_checkpoint = {"step": self.run_state.step, "uri": None}
+        self.worker.barrier()
+        self.timings["checkpointSeconds"] += time.time() - began
+
+    def finish(self) -> dict:
+        """Final eval, then the adapter + tokenizer published with manifest.json last."""
+        self.run_state.eval_loss = self.evaluate()
+        outcome = {"status": "completed", "steps": self.run_state.step,
+                   "totalSteps": self.total_steps, **self.metrics(), **self.timings}
+        if self.worker.is_chief:
+            self.report(phase="Publishing", evalLoss=self.run_state.eval_loss)
+            local = self.workdir / "adapter"
+            self.model.peft_config["default"].base_model_name_or_path = self.spec.base_model.uri
+            self.model.save_pretrained(str(local), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(local))
+            manifest = Manifest(kind="adapter", step=self.run_state.step,
+                                base_model=self.base_model_ref(), method=self.method_ref(),
+                                training=self.training_ref(), metrics=self.metrics())
+            published = storage.publish_directory(self.client(), local, self.location.adapter,
+                                                  manifest)
+            if self.spec.retention.checkpoints == "DeleteOnSuccess":
+                from ..objectstore import delete_prefix
+
+                delete_prefix(self.client(), self.location.checkpoints)
+            outcome["adapter"] = {"uri": published.uri, "sha256": published.manifest_sha256,
+                                  "sizeBytes": published.size_bytes}
+            self.report(phase="Succeeded")
+        self.worker.barrier()
+        return outcome
+
+    def preempted(self, wrote_checkpoint: bool) -> dict:
+        self.report(phase="Preempted")
+        return {"status": "preempted", "steps": self.run_state.step,
+                "totalSteps": getattr(self, "total_steps", None),
+                "checkpoint": self.last_checkpoint, "wroteCheckpoint": wrote_checkpoint,
+                **self.timings}
+
+    # manifest contents ---------------------------------------------------------------
+
+    def base_model_ref(self) -> dict:
+        return {"uri": self.spec.base_model.uri, "revision": self.spec.base_model.revision}
+
+    def method_ref(self) -> dict:
+        method = self.spec.method
+        quant = method.effective_quantization()
+        return {"type": method.type, "rank": method.lora.rank, "alpha": method.lora.alpha,
+                "dropout": method.lora.dropout, "targetModules": list(method.lora.target_modules),
+                "quantization": quant.model_dump(by_alias=True) if quant else None}
+
+    def training_ref(self) -> dict:
+        return self.spec.training.model_dump(by_alias=True, exclude_none=True)
+
+    def metrics(self) -> dict:
+        rs = self.run_state
+        return {"trainLoss": rs.train_loss, "evalLoss": rs.eval_loss,
+                "initialEvalLoss": rs.initial_eval_loss, "steps": rs.step, "tokens": rs.tokens}
+
