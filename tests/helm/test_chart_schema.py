@@ -1,10 +1,17 @@
-"""values.schema.json refuses bad values: `helm template` fails and names the value."""
+"""values.schema.json refuses bad values: `helm template` fails and names the value.
+
+For bad values under `config:`, the operator's own config parser must refuse them too
+where the table says so, so the schema and the model cannot drift apart in the
+direction that matters (the chart accepting what the operator will refuse at start-up).
+"""
 
 from __future__ import annotations
 
 import pytest
 import yaml
-from chart_render import CHART, helm
+from chart_render import CHART, deep_merge, helm
+
+from kubetune.operator.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +31,12 @@ BAD_VALUES = [
     ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
     ({"logFormat": "xml"}, "/logFormat"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
+    ({"config": {"spotProfiles": {"eks": {"interruptionTaints": [{"key": "k", "value": "v"}]}}}},
+     "/config/spotProfiles/eks/interruptionTaints/0"),
 ]
+# Config values the chart refuses but the operator's model accepts (the schema is stricter).
+SCHEMA_ONLY = {"/config/watchNamespaces/0", "/config/watchNamespaces",
+               "/config/storage/defaultEndpoint"}
 
 
 @pytest.mark.parametrize(("values", "named"), BAD_VALUES, ids=[n for _, n in BAD_VALUES])
@@ -35,6 +47,10 @@ def test_bad_values_fail_with_their_path(tmp_path, values: dict, named: str) -> 
     assert result.returncode != 0, f"helm accepted {values}"
     assert "schema" in result.stderr
     assert named in result.stderr, result.stderr
+    if "config" in values and named not in SCHEMA_ONLY:
+        defaults = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+        with pytest.raises(ConfigError):
+            parse_config(deep_merge(defaults, values["config"]))
 
 
 def test_the_same_keys_with_good_values_render(tmp_path) -> None:
@@ -50,3 +66,11 @@ def test_the_same_keys_with_good_values_render(tmp_path) -> None:
     }))
     result = helm("template", "kt", str(CHART), "-f", str(values_file), check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_metrics_and_health_ports_must_differ(tmp_path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump({"metrics": {"enabled": True, "port": 8080}}))
+    result = helm("template", "kt", str(CHART), "-f", str(values_file), check=False)
+    assert result.returncode != 0
+    assert "metrics.port (8080) must differ from health.port (8080)" in result.stderr

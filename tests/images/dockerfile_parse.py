@@ -98,7 +98,8 @@ def pip_installs(dockerfile: Dockerfile) -> list[PipInstall]:
         for run in stage.all("RUN"):
             for command in re.split(r"&&|;", dockerfile.expand(run)):
                 words = shlex.split(command)
-                if "pip" not in words[:3] or "install" not in words:
+                is_pip = any(w.rsplit("/", 1)[-1] in ("pip", "pip3") for w in words[:3])
+                if not is_pip or "install" not in words:
                     continue
                 tokens = words[words.index("install") + 1:]
                 reqs, options, i = [], {}, 0

@@ -105,7 +105,8 @@ def test_explicit_pins_equal_pyproject(role: str) -> None:
 def test_gpu_images_take_torch_from_the_cuda_index() -> None:
     for role in ("trainer", "server"):
         df = dockerfile(role)
-        torch = [i for i in pip_installs(df) if any(r.startswith("torch==") for r in i.requirements)]
+        torch = [i for i in pip_installs(df)
+                 if any(r.startswith("torch==") for r in i.requirements)]
         assert len(torch) == 1, role
         index = torch[0].options.get("--index-url", "")
         assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d{3}", index), index
@@ -117,8 +118,7 @@ def test_gpu_images_take_torch_from_the_cuda_index() -> None:
 
 def test_python_satisfies_requires_python(role: str) -> None:
     df = dockerfile(role)
-    text = " ".join([df.base_image(df.final)] + df.final.all("RUN")
-                    + [r for s in df.stages for r in s.all("RUN")])
+    text = " ".join([df.base_image(df.final)] + [r for s in df.stages for r in s.all("RUN")])
     versions = set(re.findall(r"python:?(3\.\d+)", text))
     assert versions, "no Python version named"
     requires = SpecifierSet(PYPROJECT["project"]["requires-python"])

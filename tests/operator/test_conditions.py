@@ -31,8 +31,12 @@ def by_type(conditions) -> dict[str, str]:
 def test_conditions_per_phase(phase, ready, reconciling, stalled, succeeded, failed):
     conditions = job_conditions(phase, "Why", "because", 3, None, T0)
     assert by_type(conditions) == {
-        "Ready": ready, "Reconciling": reconciling, "Stalled": stalled, "Succeeded": succeeded, "Failed": failed,
-    }  # fmt: skip
+        "Ready": ready,
+        "Reconciling": reconciling,
+        "Stalled": stalled,
+        "Succeeded": succeeded,
+        "Failed": failed,
+    }
     assert all(c.observed_generation == 3 and c.last_transition_time == T0 for c in conditions)
     assert all(c.reason == "Why" and c.message == "because" for c in conditions)
 
@@ -50,9 +54,14 @@ def kstatus(conditions) -> str:
 
 @pytest.mark.parametrize(
     "phase, expected",
-    [("Pending", "InProgress"), ("Running", "InProgress"), ("Recovering", "InProgress"),
-     ("Succeeded", "Current"), ("Failed", "Failed")],
-)  # fmt: skip
+    [
+        ("Pending", "InProgress"),
+        ("Running", "InProgress"),
+        ("Recovering", "InProgress"),
+        ("Succeeded", "Current"),
+        ("Failed", "Failed"),
+    ],
+)
 def test_kstatus_reading(phase, expected):
     assert kstatus(job_conditions(phase, "R", "", 1, None, T0)) == expected
 
@@ -90,15 +99,24 @@ def test_unchanged_status_is_not_written():
     "old, new, expected",
     [
         (None, {"phase": "Pending"}, {"status": {"phase": "Pending"}}),
-        ({"phase": "Running", "recoveries": 0}, {"phase": "Recovering", "recoveries": 1},
-         {"status": {"phase": "Recovering", "recoveries": 1}}),
+        (
+            {"phase": "Running", "recoveries": 0},
+            {"phase": "Recovering", "recoveries": 1},
+            {"status": {"phase": "Recovering", "recoveries": 1}},
+        ),
         ({"phase": "Running", "message": "x"}, {"phase": "Running"}, {"status": {"message": None}}),
-        ({"progress": {"step": 1, "loss": 2.0}}, {"progress": {"step": 2, "loss": 2.0}},
-         {"status": {"progress": {"step": 2}}}),
-        ({"conditions": [{"type": "Ready", "status": "False"}]}, {"conditions": [{"type": "Ready", "status": "True"}]},
-         {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        (
+            {"progress": {"step": 1, "loss": 2.0}},
+            {"progress": {"step": 2, "loss": 2.0}},
+            {"status": {"progress": {"step": 2}}},
+        ),
+        (
+            {"conditions": [{"type": "Ready", "status": "False"}]},
+            {"conditions": [{"type": "Ready", "status": "True"}]},
+            {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        ),
         ({"phase": "Running"}, {"phase": "Running"}, None),
     ],
-)  # fmt: skip
+)
 def test_status_patch_is_a_minimal_merge_patch(old, new, expected):
     assert status_patch(old, new) == expected

@@ -57,16 +57,36 @@ def test_helm_values_config_block_parses():
 @pytest.mark.parametrize(
     "provider, spot_selector, on_demand_selector, toleration_keys, interruption_keys",
     [
-        ("karpenter", {"karpenter.sh/capacity-type": "spot"}, {"karpenter.sh/capacity-type": "on-demand"},
-         [], ["karpenter.sh/disrupted", "karpenter.sh/disruption"]),
-        ("eks", {"eks.amazonaws.com/capacityType": "SPOT"}, {"eks.amazonaws.com/capacityType": "ON_DEMAND"},
-         [], ["aws-node-termination-handler/spot-itn"]),
-        ("gke", {"cloud.google.com/gke-spot": "true"}, {},
-         ["cloud.google.com/gke-spot"], ["cloud.google.com/impending-node-termination"]),
-        ("aks", {"kubernetes.azure.com/scalesetpriority": "spot"}, {},
-         ["kubernetes.azure.com/scalesetpriority"], []),
+        (
+            "karpenter",
+            {"karpenter.sh/capacity-type": "spot"},
+            {"karpenter.sh/capacity-type": "on-demand"},
+            [],
+            ["karpenter.sh/disrupted", "karpenter.sh/disruption"],
+        ),
+        (
+            "eks",
+            {"eks.amazonaws.com/capacityType": "SPOT"},
+            {"eks.amazonaws.com/capacityType": "ON_DEMAND"},
+            [],
+            ["aws-node-termination-handler/spot-itn"],
+        ),
+        (
+            "gke",
+            {"cloud.google.com/gke-spot": "true"},
+            {},
+            ["cloud.google.com/gke-spot"],
+            ["cloud.google.com/impending-node-termination"],
+        ),
+        (
+            "aks",
+            {"kubernetes.azure.com/scalesetpriority": "spot"},
+            {},
+            ["kubernetes.azure.com/scalesetpriority"],
+            [],
+        ),
     ],
-)  # fmt: skip
+)
 def test_builtin_profiles(
     provider, spot_selector, on_demand_selector, toleration_keys, interruption_keys
 ):
@@ -127,8 +147,12 @@ def test_custom_provider_uses_its_profile():
     assert profile.node_selector("spot") == {"node.example.com/lifecycle": "spot"}
     node = {"spec": {"taints": [{"key": "node.example.com/terminating", "effect": "NoSchedule"}]}}
     assert profile.is_interrupting(node) == "node.example.com/terminating"
-    assert profile.is_interrupting({"spec": {"taints": [{"key": "node.example.com/terminating",
-                                                         "effect": "NoExecute"}]}}) is None  # fmt: skip
+    assert (
+        profile.is_interrupting(
+            {"spec": {"taints": [{"key": "node.example.com/terminating", "effect": "NoExecute"}]}}
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -139,11 +163,13 @@ def test_custom_provider_uses_its_profile():
         ({"trainerStatusPort": 70000}, "config.trainerStatusPort"),
         ({"images": {"pullPolicy": "Sometimes"}}, "config.images.pullPolicy"),
         ({"spotProfile": {}}, "config.spotProfile"),
-        ({"spotProfiles": {"gke": {"spotTolerations": [{"effect": "Never"}]}}},
-         "config.spotProfiles.gke.spotTolerations[0].effect"),
+        (
+            {"spotProfiles": {"gke": {"spotTolerations": [{"effect": "Never"}]}}},
+            "config.spotProfiles.gke.spotTolerations[0].effect",
+        ),
         ({"watchNamespaces": "ml-team"}, "config.watchNamespaces"),
     ],
-)  # fmt: skip
+)
 def test_bad_config_names_the_field(data, field):
     with pytest.raises(ConfigError) as error:
         parse_config(data)

@@ -20,15 +20,27 @@ KARPENTER = OperatorConfig(spot_provider="karpenter").spot_profile()
 CREATED = "2026-11-21T10:00:00Z"
 
 
-def pod(phase="Running", *, node="node-a", conditions=(), terminated=None, waiting=None,
-        reason=None, message=None, container="trainer") -> dict:  # fmt: skip
+def pod(
+    phase="Running",
+    *,
+    node="node-a",
+    conditions=(),
+    terminated=None,
+    waiting=None,
+    reason=None,
+    message=None,
+    container="trainer",
+) -> dict:
     state = {"running": {"startedAt": CREATED}}
     if terminated is not None:
         state = {"terminated": terminated}
     elif waiting is not None:
         state = {"waiting": waiting}
-    status = {"phase": phase, "conditions": list(conditions),
-              "containerStatuses": [{"name": container, "state": state}]}  # fmt: skip
+    status = {
+        "phase": phase,
+        "conditions": list(conditions),
+        "containerStatuses": [{"name": container, "state": state}],
+    }
     if reason:
         status["reason"] = reason
     if message:
@@ -55,58 +67,227 @@ def disruption(reason: str) -> dict:
 
 
 NODE = {"metadata": {"name": "node-a"}, "spec": {}}
-TAINTED = {"metadata": {"name": "node-a"}, "spec": {"taints": [{"key": "karpenter.sh/disrupted",
-                                                                "effect": "NoSchedule"}]}}  # fmt: skip
+TAINTED = {
+    "metadata": {"name": "node-a"},
+    "spec": {"taints": [{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]},
+}
 SUMMARY = json.dumps({"step": 120, "checkpointStep": 120, "loss": 1.2})
 
 CASES = [
     # id, pod, node, node_exists, expected kind, expected reason, terminated
-    ("succeeded", pod("Succeeded", terminated=exited(0, "Completed", SUMMARY)), NODE, True,
-     "Succeeded", "Completed", True),
-    ("exit 0 wins over a late disruption notice",
-     pod("Failed", conditions=[disruption("TerminationByKubelet")], terminated=exited(0, "Completed")), NODE, True,
-     "Succeeded", "Completed", True),
-    ("scheduler preemption", pod("Running", conditions=[disruption("PreemptionByScheduler")]), NODE, True,
-     "Preempted", "PreemptionByScheduler", False),
-    ("kubelet graceful shutdown", pod("Failed", conditions=[disruption("TerminationByKubelet")],
-     terminated=exited(143)), NODE, True, "Preempted", "TerminationByKubelet", True),
-    ("taint manager", pod("Running", conditions=[disruption("DeletionByTaintManager")]), NODE, True,
-     "Preempted", "DeletionByTaintManager", False),
-    ("eviction API (drain)", pod("Running", conditions=[disruption("EvictionByEvictionAPI")]), NODE, True,
-     "Preempted", "EvictionByEvictionAPI", False),
-    ("disruption condition False is ignored",
-     pod("Running", conditions=[{"type": "DisruptionTarget", "status": "False"}]), NODE, True,
-     "Running", "Running", False),
-    ("trainer exit 75", pod("Failed", terminated=exited(75, "Error", SUMMARY)), NODE, True,
-     "Preempted", "CheckpointedOnSigterm", True),
-    ("kubelet eviction", pod("Failed", reason="Evicted", message="The node was low on resource: memory."),
-     NODE, True, "Preempted", "Evicted", True),
-    ("node shutdown", pod("Failed", reason="NodeShutdown", terminated=exited(137)), NODE, True,
-     "Preempted", "NodeShutdown", True),
-    ("GKE terminated", pod("Failed", reason="Terminated", terminated=exited(143)), NODE, True,
-     "Preempted", "Terminated", True),
-    ("node deleted under a running pod", pod("Running"), None, False, "Preempted", "NodeDeleted", False),
-    ("interruption taint on a running pod's node", pod("Running"), TAINTED, True,
-     "Preempted", "SpotInterruption", False),
-    ("OOMKilled is a user error", pod("Failed", terminated=exited(137, "OOMKilled")), NODE, True,
-     "Failed", "OOMKilled", True),
-    ("exit 1 is a user error", pod("Failed", terminated=exited(1, "Error", "Traceback...\nFileNotFoundError: data")),
-     NODE, True, "Failed", "Error", True),
-    ("phase Failed with no container info", pod("Failed", reason="UnexpectedAdmissionError", container="other"),
-     NODE, True, "Failed", "UnexpectedAdmissionError", True),
-    ("unknown phase: node unreachable", pod("Unknown"), NODE, True, "Lost", "NodeUnreachable", False),
+    (
+        "succeeded",
+        pod("Succeeded", terminated=exited(0, "Completed", SUMMARY)),
+        NODE,
+        True,
+        "Succeeded",
+        "Completed",
+        True,
+    ),
+    (
+        "exit 0 wins over a late disruption notice",
+        pod(
+            "Failed",
+            conditions=[disruption("TerminationByKubelet")],
+            terminated=exited(0, "Completed"),
+        ),
+        NODE,
+        True,
+        "Succeeded",
+        "Completed",
+        True,
+    ),
+    (
+        "scheduler preemption",
+        pod("Running", conditions=[disruption("PreemptionByScheduler")]),
+        NODE,
+        True,
+        "Preempted",
+        "PreemptionByScheduler",
+        False,
+    ),
+    (
+        "kubelet graceful shutdown",
+        pod("Failed", conditions=[disruption("TerminationByKubelet")], terminated=exited(143)),
+        NODE,
+        True,
+        "Preempted",
+        "TerminationByKubelet",
+        True,
+    ),
+    (
+        "taint manager",
+        pod("Running", conditions=[disruption("DeletionByTaintManager")]),
+        NODE,
+        True,
+        "Preempted",
+        "DeletionByTaintManager",
+        False,
+    ),
+    (
+        "eviction API (drain)",
+        pod("Running", conditions=[disruption("EvictionByEvictionAPI")]),
+        NODE,
+        True,
+        "Preempted",
+        "EvictionByEvictionAPI",
+        False,
+    ),
+    (
+        "disruption condition False is ignored",
+        pod("Running", conditions=[{"type": "DisruptionTarget", "status": "False"}]),
+        NODE,
+        True,
+        "Running",
+        "Running",
+        False,
+    ),
+    (
+        "trainer exit 75",
+        pod("Failed", terminated=exited(75, "Error", SUMMARY)),
+        NODE,
+        True,
+        "Preempted",
+        "CheckpointedOnSigterm",
+        True,
+    ),
+    (
+        "kubelet eviction",
+        pod("Failed", reason="Evicted", message="The node was low on resource: memory."),
+        NODE,
+        True,
+        "Preempted",
+        "Evicted",
+        True,
+    ),
+    (
+        "node shutdown",
+        pod("Failed", reason="NodeShutdown", terminated=exited(137)),
+        NODE,
+        True,
+        "Preempted",
+        "NodeShutdown",
+        True,
+    ),
+    (
+        "GKE terminated",
+        pod("Failed", reason="Terminated", terminated=exited(143)),
+        NODE,
+        True,
+        "Preempted",
+        "Terminated",
+        True,
+    ),
+    (
+        "node deleted under a running pod",
+        pod("Running"),
+        None,
+        False,
+        "Preempted",
+        "NodeDeleted",
+        False,
+    ),
+    (
+        "interruption taint on a running pod's node",
+        pod("Running"),
+        TAINTED,
+        True,
+        "Preempted",
+        "SpotInterruption",
+        False,
+    ),
+    (
+        "OOMKilled is a user error",
+        pod("Failed", terminated=exited(137, "OOMKilled")),
+        NODE,
+        True,
+        "Failed",
+        "OOMKilled",
+        True,
+    ),
+    (
+        "exit 1 is a user error",
+        pod("Failed", terminated=exited(1, "Error", "Traceback...\nFileNotFoundError: data")),
+        NODE,
+        True,
+        "Failed",
+        "Error",
+        True,
+    ),
+    (
+        "phase Failed with no container info",
+        pod("Failed", reason="UnexpectedAdmissionError", container="other"),
+        NODE,
+        True,
+        "Failed",
+        "UnexpectedAdmissionError",
+        True,
+    ),
+    (
+        "unknown phase: node unreachable",
+        pod("Unknown"),
+        NODE,
+        True,
+        "Lost",
+        "NodeUnreachable",
+        False,
+    ),
     ("running", pod("Running"), NODE, True, "Running", "Running", False),
-    ("unschedulable", pod("Pending", node=None, waiting={"reason": "ContainerCreating"},
-     conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                  "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]),
-     None, None, "Pending", "Unschedulable", False),
-    ("image pull backoff", pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "pull failed"}),
-     NODE, True, "Pending", "ImagePullBackOff", False),
-    ("missing secret", pod("Pending", waiting={"reason": "CreateContainerConfigError",
-     "message": 'secret "minio-creds" not found'}), NODE, True, "Pending", "CreateContainerConfigError", False),
-    ("not yet scheduled", pod("Pending", node=None, waiting={"reason": "ContainerCreating"}), None, None,
-     "Pending", "Scheduling", False),
-]  # fmt: skip
+    (
+        "unschedulable",
+        pod(
+            "Pending",
+            node=None,
+            waiting={"reason": "ContainerCreating"},
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        ),
+        None,
+        None,
+        "Pending",
+        "Unschedulable",
+        False,
+    ),
+    (
+        "image pull backoff",
+        pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "pull failed"}),
+        NODE,
+        True,
+        "Pending",
+        "ImagePullBackOff",
+        False,
+    ),
+    (
+        "missing secret",
+        pod(
+            "Pending",
+            waiting={
+                "reason": "CreateContainerConfigError",
+                "message": 'secret "minio-creds" not found',
+            },
+        ),
+        NODE,
+        True,
+        "Pending",
+        "CreateContainerConfigError",
+        False,
+    ),
+    (
+        "not yet scheduled",
+        pod("Pending", node=None, waiting={"reason": "ContainerCreating"}),
+        None,
+        None,
+        "Pending",
+        "Scheduling",
+        False,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +339,7 @@ def test_pending_since_is_the_pod_creation_time():
         (False, "Preempted", "NodeDeleted"),
         (True, "Lost", "PodDeleted"),
         (None, "Lost", "PodDeleted"),
-    ],  # fmt: skip
+    ],
 )
 def test_missing_pod(node_exists, kind, reason):
     state = classify_missing_pod(node_exists)

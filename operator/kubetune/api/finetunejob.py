@@ -373,6 +373,12 @@ class FineTuneJobStatus(ApiModel):
     capacity_type: Literal["spot", "on-demand"] | None = Field(
         default=None, description="Capacity the current attempt runs on."
     )
+    attempt: int | None = Field(
+        default=None, ge=1, description="Current attempt (1 + recoveries + retries + fallbacks)."
+    )
+    next_attempt_after: datetime | None = Field(
+        default=None, description="Backoff: the next attempt's pods are not created before this."
+    )
     progress: TrainingProgress | None = Field(default=None, description="Trainer progress.")
     recoveries: int = Field(default=0, ge=0, description="Preemptions recovered from.")
     error_retries: int = Field(default=0, ge=0, description="Retries after user-code errors.")

@@ -144,9 +144,13 @@ def classify_pod(
         )
     if exit_code == EXIT_PREEMPTED:
         return PodState(
-            "Preempted", "CheckpointedOnSigterm", "the trainer saved a checkpoint and exited 75",
-            True, exit_code, summary,
-        )  # fmt: skip
+            "Preempted",
+            "CheckpointedOnSigterm",
+            "the trainer saved a checkpoint and exited 75",
+            True,
+            exit_code,
+            summary,
+        )
     if status.get("reason") in INFRASTRUCTURE_REASONS:
         return PodState(
             "Preempted",
@@ -208,9 +212,11 @@ def _pending(pod: dict) -> PodState:
     scheduled = _condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         return PodState(
-            "Pending", scheduled.get("reason") or "Unschedulable",
-            sanitize_message(scheduled.get("message")), pending_since=since,
-        )  # fmt: skip
+            "Pending",
+            scheduled.get("reason") or "Unschedulable",
+            sanitize_message(scheduled.get("message")),
+            pending_since=since,
+        )
     return PodState(
         "Pending",
         "Scheduling" if not (pod.get("spec") or {}).get("nodeName") else "Starting",
@@ -224,9 +230,10 @@ _SEVERITY = {"Succeeded": 0, "Running": 1, "Pending": 2, "Lost": 3, "Failed": 4,
 def attempt_state(head: PodState, workers: list[PodState]) -> PodState:
     """One state for the whole attempt (head plus worker pods).
 
-    The head's trainer decides success (workers exit on their own once it is done). A preemption anywhere explains the rest: when a
-    spot worker vanishes, the trainer on the head fails as a consequence, and that must
-    count as a recovery, not as a user error. Otherwise the worst state wins.
+    The head's trainer decides success (workers exit on their own once it is done). A
+    preemption anywhere explains the rest: when a spot worker vanishes, the trainer on the
+    head fails as a consequence, and that must count as a recovery, not as a user error.
+    Otherwise the worst state wins.
     """
     if head.kind == "Succeeded":
         return head
@@ -235,10 +242,13 @@ def attempt_state(head: PodState, workers: list[PodState]) -> PodState:
     if preempted:
         first = preempted[0]
         return PodState(
-            "Preempted", first.reason, first.message,
+            "Preempted",
+            first.reason,
+            first.message,
             all(state.terminated or state.kind == "Succeeded" for state in states),
-            head.exit_code, head.summary,
-        )  # fmt: skip
+            head.exit_code,
+            head.summary,
+        )
     pending = [state for state in states if state.kind == "Pending"]
     worst = max(states, key=lambda state: _SEVERITY[state.kind])
     if worst.kind == "Pending":

@@ -148,12 +148,15 @@ def _pending(
         capacity = strategy.while_pending(spec.spot, state.capacity_type, waited)
         if capacity != state.capacity_type:
             return Decision(
-                "fallback", "Recovering", "FallbackToOnDemand",
+                "fallback",
+                "Recovering",
+                "FallbackToOnDemand",
                 f"no spot capacity after {int(waited)}s "
-                f"(spec.spot.fallbackAfterPendingSeconds={spec.spot.fallback_after_pending_seconds}); "
+                "(spec.spot.fallbackAfterPendingSeconds="
+                f"{spec.spot.fallback_after_pending_seconds}); "
                 "moving to on-demand",
                 replace(state, attempt=state.attempt + 1, capacity_type=capacity),
-            )  # fmt: skip
+            )
     return Decision("wait", "Scheduling", outcome.reason, detail, state)
 
 
@@ -161,11 +164,13 @@ def _preempted(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState) -
     cause = f"{outcome.reason}: {outcome.message}" if outcome.message else outcome.reason
     if state.recoveries >= spec.spot.max_recoveries:
         return Decision(
-            "fail", "Failed", "RecoveryBudgetExhausted",
+            "fail",
+            "Failed",
+            "RecoveryBudgetExhausted",
             f"preempted again ({cause}) after {state.recoveries} recoveries; recovery budget "
             f"spec.spot.maxRecoveries={spec.spot.max_recoveries} is exhausted",
             state,
-        )  # fmt: skip
+        )
     recoveries = state.recoveries + 1
     capacity = STRATEGIES[spec.spot.strategy].after_preemption(
         spec.spot, state.capacity_type, recoveries
@@ -191,18 +196,23 @@ def _failed(spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState) -> D
     cause = f"{outcome.reason}: {outcome.message}" if outcome.message else outcome.reason
     if state.error_retries >= spec.retries.max_error_retries:
         return Decision(
-            "fail", "Failed", "ErrorBudgetExhausted",
+            "fail",
+            "Failed",
+            "ErrorBudgetExhausted",
             f"trainer failed ({cause}) after {state.error_retries} error retries; "
-            f"error budget spec.retries.maxErrorRetries={spec.retries.max_error_retries} is exhausted",
+            "error budget spec.retries.maxErrorRetries="
+            f"{spec.retries.max_error_retries} is exhausted",
             state,
-        )  # fmt: skip
+        )
     retries = state.error_retries + 1
     return Decision(
-        "retry", "Recovering", "RetryingAfterError",
+        "retry",
+        "Recovering",
+        "RetryingAfterError",
         f"error retry {retries}/{spec.retries.max_error_retries} after {cause}",
         replace(state, attempt=state.attempt + 1, error_retries=retries),
         backoff_delay(spec.retries.backoff, retries),
-    )  # fmt: skip
+    )
 
 
 def lost_steps(steps_done: int | None, checkpoint_step: int | None) -> int:

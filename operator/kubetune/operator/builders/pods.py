@@ -141,12 +141,18 @@ def _pod(
 
 def trainer_command(job: JobMeta, config: OperatorConfig) -> list[str]:
     return [
-        "python", "-m", "kubetune.workers.train",
-        "--spec", SPEC_PATH,
-        "--namespace", job.namespace,
-        "--job", job.name,
-        "--status-port", str(config.trainer_status_port),
-    ]  # fmt: skip
+        "python",
+        "-m",
+        "kubetune.workers.train",
+        "--spec",
+        SPEC_PATH,
+        "--namespace",
+        job.namespace,
+        "--job",
+        job.name,
+        "--status-port",
+        str(config.trainer_status_port),
+    ]
 
 
 def build_head_pod(

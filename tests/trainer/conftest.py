@@ -1,0 +1,186 @@
+"""Shared fixtures: the tiny model, a moto S3 server, spec files and trainer processes.
+
+Trainer runs are real processes (`python -m kubetune.workers.train`) talking real HTTP
+to moto; the baseline run is trained once per session and reused by every test that
+compares adapters against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+BUCKET = "kubetune-out"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from kubetune.devenv.tinymodel import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    from kubetune.devenv.s3 import LoopbackS3
+
+    with LoopbackS3() as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+def job_spec(model_dir: Path, name: str, **overrides) -> dict:
+    """The shared small run: 24 QLoRA steps on tiny-alpaca, checkpoint every 8."""
+    spec = {
+        "baseModel": {"uri": f"file://{model_dir}"},
+        "dataset": {"uri": f"file://{REPO}/examples/data/tiny-alpaca.jsonl",
+                    "format": "alpaca", "evalFraction": 0.1},
+        "method": {"type": "qlora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.05}},
+        "training": {"maxSteps": 24, "learningRate": 3e-3, "batchSize": 8,
+                     "maxSeqLength": 64, "warmupSteps": 2, "seed": 7},
+        "spot": {"enabled": True, "checkpointIntervalSteps": 8, "checkpointBudgetSeconds": 25},
+        "output": {"uri": f"s3://{BUCKET}/runs"},
+    }
+    for path, value in overrides.items():
+        node = spec
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": "team-a", "uid": "u-" + name}, "spec": spec}
+
+
+@dataclass
+class TrainerProcess:
+    """A running trainer; `wait()` returns (exit code, termination summary)."""
+
+    proc: subprocess.Popen
+    status_port: int
+    termination_log: Path
+    log_path: Path
+
+    def progress(self) -> dict | None:
+        try:
+            url = f"http://127.0.0.1:{self.status_port}/progress"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    def wait_for(self, predicate, timeout: float = 120.0) -> dict:
+        """Poll /progress until predicate(progress) holds; the process must still run."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            progress = self.progress()
+            if progress is not None and predicate(progress):
+                return progress
+            if self.proc.poll() is not None:
+                raise AssertionError(f"trainer exited {self.proc.returncode}: {self.log_tail()}")
+            time.sleep(0.02)
+        raise AssertionError(f"progress condition not reached in {timeout}s: {self.log_tail()}")
+
+    def sigterm(self) -> float:
+        self.proc.send_signal(signal.SIGTERM)
+        return time.time()
+
+    def wait(self, timeout: float = 240.0) -> tuple[int, dict]:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"trainer did not exit in {timeout}s: {self.log_tail()}")
+        summary = json.loads(self.termination_log.read_text())
+        return code, summary
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_trainer(tmp_path, s3):
+    """Start `python -m kubetune.workers.train` on a spec; kills leftovers at teardown."""
+    from kubetune.devenv.s3 import free_port
+
+    started: list[TrainerProcess] = []
+
+    def start(body: dict, *, ray: bool = False, endpoint: str | None = None,
+              tag: str = "run") -> TrainerProcess:
+        spec_path = tmp_path / f"{tag}-spec.json"
+        spec_path.write_text(json.dumps(body))
+        port = free_port()
+        term = tmp_path / f"{tag}-termination.json"
+        log_path = tmp_path / f"{tag}.log"
+        env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_OFFLINE": "1", "RAY_DISABLE_USAGE_STATS": "1"}
+        if endpoint:
+            env["AWS_ENDPOINT_URL"] = endpoint
+        args = [PYTHON, "-m", "kubetune.workers.train", "--spec", str(spec_path),
+                "--status-port", str(port), "--termination-log", str(term)]
+        if not ray:
+            args.append("--no-ray")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = TrainerProcess(proc, port, term, log_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+
+
+def adapter_tensors(client, name: str) -> dict:
+    """The published adapter's tensors, read back through its manifest (verified)."""
+    from safetensors.torch import load
+
+    from kubetune.workers.manifest import Manifest
+
+    prefix = f"runs/team-a/{name}/adapter"
+    manifest = Manifest.from_json(
+        client.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    data = client.get_object(Bucket=BUCKET, Key=f"{prefix}/adapter_model.safetensors")["Body"].read()
+    from kubetune.workers.manifest import sha256_bytes
+
+    assert sha256_bytes(data) == manifest.files["adapter_model.safetensors"]["sha256"]
+    return load(data)
+
+
+def assert_same_adapter(left: dict, right: dict, atol: float = 1e-5) -> None:
+    import torch
+
+    assert sorted(left) == sorted(right)
+    for key in left:
+        assert torch.allclose(left[key], right[key], atol=atol, rtol=1e-4), key
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, tiny_model, s3):
+    """The uninterrupted reference run, trained once: (summary, adapter tensors)."""
+    from kubetune.devenv.s3 import free_port
+
+    workdir = tmp_path_factory.mktemp("baseline")
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(job_spec(tiny_model, "baseline")))
+    term = workdir / "termination.json"
+    env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [PYTHON, "-m", "kubetune.workers.train", "--spec", str(spec_path), "--no-ray",
+         "--status-port", str(free_port()), "--termination-log", str(term)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(term.read_text()), adapter_tensors(s3.client(), "baseline")
