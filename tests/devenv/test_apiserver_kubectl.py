@@ -60,7 +60,8 @@ def test_admission_refusal_reaches_kubectl(kubectl, tmp_path):
     obj["spec"]["training"] = {"learningRate": -1}
     result = kubectl("apply", "-f", write_manifest(tmp_path, "bad", obj), check=False)
     assert result.returncode != 0
-    assert 'FineTuneJob.kubetune.dev "badlr" is invalid: spec.training.learningRate' \
+    # kubectl rewrites a 422 that has causes into its own sentence, as with a real server.
+    assert 'The FineTuneJob "badlr" is invalid: spec.training.learningRate: Invalid value: -1' \
         in result.stderr
 
 

@@ -123,3 +123,13 @@ def test_reclaimed_node_deletes_node_and_pods_after_sigterm(cluster):
     assert api.get(NODES, "spot-1") is None and api.get(PODS, "onspot", "default") is None
     assert wait_for(lambda: kubelet.history)[-1]["exitCode"] == 75
     assert api.get(NODES, "spot-2") is not None
+
+
+def test_configmap_edits_reach_a_running_pods_volume(cluster, tmp_path):
+    api, kubelet = cluster
+    api.create(PODS, pod("watcher", wait_for_term=True), "default")
+    wait_for(lambda: "waiting" in kubelet.logs("default", "watcher"))
+    api.patch(CONFIGMAPS, "spec", {"data": {"spec.json": '{"x": 2}'}}, "default")
+    running = kubelet.running[("default", "watcher")]
+    mounted = running.config_volumes["spec"] / "spec.json"
+    wait_for(lambda: mounted.read_text() == '{"x": 2}')

@@ -345,7 +345,8 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 queue.put_nowait(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
         since = params.get("resourceVersion")
-        if since not in (None, "", "0"):
+        initial_events = params.get("sendInitialEvents") == "true"
+        if since not in (None, "", "0") and not initial_events:
             try:
                 backlog = self.store.events_since(rtype, int(since))
             except ValueError:
@@ -355,6 +356,9 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         else:
             for obj in self.store.list(rtype, namespace, predicate):
                 queue.put_nowait(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+            if initial_events:  # WatchList (kubectl wait): mark the end of the initial state
+                queue.put_nowait(json.dumps(_initial_events_end(rtype, self.store)).encode()
+                                 + b"\n")
         self.store.subscribe(on_event)
         self._watch_queues.add(queue)
         timeout = float(params.get("timeoutSeconds") or 0) or None
@@ -393,6 +397,14 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         """End every open watch (on server stop), so the HTTP server can shut down at once."""
         for queue in list(self._watch_queues):
             queue.put_nowait(None)
+
+
+def _initial_events_end(rtype: ResourceType, store: ObjectStore) -> dict[str, Any]:
+    """The BOOKMARK that ends `sendInitialEvents=true` streams, as clients wait for it."""
+    return {"type": "BOOKMARK", "object": {
+        "kind": rtype.kind, "apiVersion": rtype.api_version,
+        "metadata": {"resourceVersion": str(store.resource_version),
+                     "annotations": {"k8s.io/initial-events-end": "true"}}}}
 
 
 def _field_validation(params: dict[str, str]) -> str:

@@ -60,6 +60,7 @@ class RunningPod:
     container: str
     kill_deadline: float | None = None
     disruption: dict | None = None
+    config_volumes: dict[str, Path] = field(default_factory=dict)  # ConfigMap name -> folder
 
 
 @dataclass
@@ -197,6 +198,13 @@ class TestKubelet:
                     self._terminate(running)
                 elif running.node not in nodes:
                     self._terminate(running, grace=0)
+            if any(p.config_volumes for p in self.running.values()):
+                configmaps = {
+                    (c["metadata"]["namespace"], c["metadata"]["name"]): c
+                    for c in self.api._call("GET", "/api/v1/configmaps").get("items", [])
+                }
+                for running in self.running.values():
+                    self._refresh_config_volumes(running, configmaps)
             for key, running in list(self.running.items()):
                 if key not in seen:
                     self._terminate(running)
@@ -236,7 +244,7 @@ class TestKubelet:
         folder = self.workdir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         folder.mkdir(parents=True, exist_ok=True)
         container = spec["containers"][0]
-        mounts = self._materialise_volumes(pod, container, folder)
+        mounts, config_volumes = self._materialise_volumes(pod, container, folder)
         termination_log = folder / "termination-log"
         mounts[container.get("terminationMessagePath", TERMINATION_LOG)] = termination_log
         pod_ip = f"127.0.0.{next(self._ips)}"
@@ -255,6 +263,7 @@ class TestKubelet:
             process=process, folder=folder, started_at=started,
             grace_seconds=int(spec.get("terminationGracePeriodSeconds", 30)),
             termination_log=termination_log, log_file=log_file, container=container["name"],
+            config_volumes=config_volumes,
         )
         self.running[(meta["namespace"], meta["name"])] = running
         log.info("started %s/%s on %s as pid %d", meta["namespace"], meta["name"], node_name, process.pid)
@@ -274,21 +283,36 @@ class TestKubelet:
             }],
         })
 
-    def _materialise_volumes(self, pod: dict, container: dict, folder: Path) -> dict[str, Path]:
-        """Write ConfigMap/Secret volumes and create emptyDirs; map mountPath -> local path."""
+    def _materialise_volumes(self, pod: dict, container: dict, folder: Path):
+        """Write ConfigMap/Secret volumes and create emptyDirs. Returns mountPath -> local
+        folder, and ConfigMap name -> folder for the ones to keep in sync."""
         namespace = pod["metadata"]["namespace"]
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         mounts: dict[str, Path] = {}
+        config_volumes: dict[str, Path] = {}
         for mount in container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             local = folder / "volumes" / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
                 self._write_items(CONFIGMAPS, volume["configMap"]["name"], namespace, local, False)
+                config_volumes[volume["configMap"]["name"]] = local
             elif "secret" in volume:
                 self._write_items(SECRETS, volume["secret"]["secretName"], namespace, local, True)
             mounts[mount["mountPath"].rstrip("/")] = local
-        return mounts
+        return mounts, config_volumes
+
+    def _refresh_config_volumes(self, pod: RunningPod, configmaps: dict[tuple[str, str], dict]) -> None:
+        """Like the kubelet, propagate ConfigMap edits into running pods' volumes; each file
+        is replaced atomically (write + rename) so a reader never sees half a file."""
+        for name, folder in pod.config_volumes.items():
+            data = (configmaps.get((pod.namespace, name)) or {}).get("data") or {}
+            for key, value in data.items():
+                target = folder / key
+                if not target.exists() or target.read_text() != value:
+                    staging = folder / f".{key}.tmp"
+                    staging.write_text(value)
+                    staging.rename(target)
 
     def _write_items(self, res: Resource, name: str, namespace: str, target: Path, b64: bool) -> None:
         obj = self.api.get(res, name, namespace)
