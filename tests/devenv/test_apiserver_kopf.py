@@ -32,7 +32,8 @@ def _build_registry(deleted: list[str]):
 
     @kopf.on.login(registry=registry)
     def login(**kwargs):
-        return kopf.login_via_client(**kwargs)
+        # Reads $KUBECONFIG at call time (the kubernetes client caches it at import time).
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.create("kubetune.dev", "v1alpha1", "finetunejobs", registry=registry)
     def created(spec, patch, logger, **_) -> None:
@@ -84,8 +85,9 @@ def test_kopf_operator_patches_status_and_round_trips_finalizers(apiserver, http
         assert FINALIZER in obj["metadata"]["finalizers"]
         annotations = obj["metadata"]["annotations"]
         assert "kubetune.dev/last-handled-configuration" in annotations
-        events = http("GET", "/api/v1/namespaces/default/events").body["items"]
-        assert any(e["involvedObject"]["name"] == "kopf-job" for e in events)
+        print([(r.method, str(r.url.path_qs), r.body[:300]) for r in apiserver.emulator.request_log if r.method != "GET"])
+        _wait(lambda: any(e["involvedObject"]["name"] == "kopf-job" for e in http(
+            "GET", "/api/v1/namespaces/default/events").body["items"]), 15)  # posted in batches
 
         deleting = http("DELETE", f"{FTJ_PATH}/kopf-job").body
         assert deleting["metadata"]["deletionTimestamp"]

@@ -104,3 +104,13 @@ def test_manifest_rank_must_match_adapter_config(tmp_path):
     with pytest.raises(AdapterRejected, match="manifest rank 8 differs"):
         verify_adapter(directory, None, SERVED, BASE_LINEARS)
     assert describe_files(directory)  # the files themselves are intact
+
+
+def test_with_a_rank_pattern_a_and_b_must_still_agree(tmp_path):
+    from kubetune.workers.serve.verify import check_shapes
+
+    good = {KEY.format("self_attn.q_proj", "A"): (6, 64), KEY.format("self_attn.q_proj", "B"): (64, 6)}
+    check_shapes(good, None, BASE_LINEARS)
+    bad = {KEY.format("self_attn.q_proj", "A"): (6, 64), KEY.format("self_attn.q_proj", "B"): (64, 4)}
+    with pytest.raises(AdapterRejected, match=r"needs \[64, 6\]"):
+        check_shapes(bad, None, BASE_LINEARS)

@@ -101,12 +101,15 @@ def tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
 def check_shapes(
     shapes: dict[str, tuple[int, ...]],
-    rank: int,
+    rank: int | None,
     base_linears: dict[str, tuple[int, int]],
 ) -> None:
-    """Every lora_A is (rank, in) and lora_B is (out, rank) of a Linear the base really has."""
+    """Every lora_A is (rank, in) and lora_B is (out, rank) of a Linear the base really
+    has. `rank=None` (the config has a per-module rank_pattern) checks only that A and B
+    agree with each other."""
     if not shapes:
         raise AdapterRejected(f"{WEIGHTS_NAME} holds no tensors")
+    ranks: dict[str, int] = {}
     for key, shape in sorted(shapes.items()):
         for part, expect in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
             if not key.endswith(part):
@@ -114,12 +117,15 @@ def check_shapes(
             module = key[: -len(part)].removeprefix(LORA_KEY_PREFIX)
             if module not in base_linears:
                 raise AdapterRejected(f"{key} targets {module}, which the served base does not have")
+            if len(shape) != 2:
+                raise AdapterRejected(f"{key} has shape {list(shape)}; LoRA weights are matrices")
             in_features, out_features = base_linears[module]
-            want = (rank, in_features) if expect == "A" else (out_features, rank)
+            module_rank = rank or ranks.setdefault(module, shape[0] if expect == "A" else shape[1])
+            want = (module_rank, in_features) if expect == "A" else (out_features, module_rank)
             if shape != want:
                 raise AdapterRejected(
                     f"{key} has shape {list(shape)} but the served base needs {list(want)} "
-                    f"(rank {rank}): the adapter was made for a different base model"
+                    f"(rank {module_rank}): the adapter was made for a different base model"
                 )
             break
         else:
@@ -141,5 +147,6 @@ def verify_adapter(
     method_rank = manifest.method.get("rank")
     if method_rank is not None and method_rank != rank:
         raise AdapterRejected(f"manifest rank {method_rank} differs from {CONFIG_NAME} r={rank}")
-    check_shapes(tensor_shapes(directory), rank, base_linears)
+    per_module = bool(config.get("rank_pattern"))
+    check_shapes(tensor_shapes(directory), None if per_module else rank, base_linears)
     return manifest, identity

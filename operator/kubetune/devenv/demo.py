@@ -1,0 +1,175 @@
+"""The README's main job: kubetune's whole loop on one machine, everything on loopback.
+
+    make demo            (or: python -m kubetune.devenv.demo)
+
+Starts S3 (moto server), the emulated API server with the CRDs, a test kubelet with one
+spot and one on-demand node, and the operator as its own process. Applies
+examples/finetune.yaml adapted to the tiny local model and data with the real kubectl,
+shows progress as the trainer reports it, injects one spot preemption and shows the
+recovery, then applies a ModelServe for the adapter, sends it a chat completion and
+prints the answer. Ends with a summary and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .kubeapi import FINETUNEJOBS, MODELSERVES, PODS
+from .stack import REPO, EmbeddedStack
+from .tinymodel import tiny_model_dir
+
+NAMESPACE = "demo"
+JOB = "support-bot-v1"
+SERVE = "support-bots"
+
+
+def say(message: str) -> None:
+    print(f"[kubetune demo] {message}", flush=True)
+
+
+def demo_finetunejob(model_dir: Path, max_steps: int) -> dict:
+    """examples/finetune.yaml with what cannot exist here swapped for local stand-ins."""
+    body = yaml.safe_load((REPO / "examples" / "finetune.yaml").read_text())
+    body["metadata"] = {"name": JOB, "namespace": NAMESPACE}
+    spec = body["spec"]
+    spec["baseModel"] = {"uri": f"file://{model_dir}"}
+    spec["dataset"] = {"uri": f"file://{REPO / 'examples/data/tiny-alpaca.jsonl'}", "format": "alpaca",
+                       "evalFraction": 0.1}
+    spec["method"]["lora"]["targetModules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    spec["method"]["quantization"]["computeDtype"] = "float32"
+    spec["training"] = {"maxSteps": max_steps, "learningRate": 0.003, "scheduler": "constant",
+                        "batchSize": 8, "maxSeqLength": 64, "seed": 42}
+    spec["resources"] = {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}
+    spec["spot"].update({"checkpointIntervalSteps": 10, "backoff": {"initialSeconds": 1, "maxSeconds": 5}})
+    spec["output"] = {"uri": "s3://kubetune/adapters", "credentials": {"secretRef": {"name": "s3-credentials"}}}
+    return body
+
+
+def demo_modelserve(model_dir: Path) -> dict:
+    body = yaml.safe_load((REPO / "examples" / "modelserve.yaml").read_text())
+    body["metadata"] = {"name": SERVE, "namespace": NAMESPACE}
+    spec = body["spec"]
+    spec["baseModel"] = {"uri": f"file://{model_dir}", "servedName": "tiny-llama"}
+    spec["adapters"] = [{"name": JOB, "fineTuneJobRef": {"name": JOB}}]
+    spec["replicas"] = 1
+    spec["resources"] = {"gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}
+    spec["storage"] = {"credentials": {"secretRef": {"name": "s3-credentials"}}}
+    return body
+
+
+def job_status(stack: EmbeddedStack) -> dict:
+    return (stack.api.get(FINETUNEJOBS, JOB, NAMESPACE) or {}).get("status") or {}
+
+
+def head_pod(stack: EmbeddedStack) -> dict | None:
+    pods = stack.api.list(PODS, NAMESPACE, label_selector=f"kubetune.dev/finetunejob={JOB}")
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    heads = [p for p in running if p["metadata"]["labels"].get("app.kubernetes.io/component") == "ray-head"]
+    return heads[0] if heads else None
+
+
+def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> dict:
+    """Print a line whenever `kubectl get ftj` changes; preempt once at step >= preempt_at."""
+    deadline = time.monotonic() + timeout
+    last_line, preempted = "", False
+    while time.monotonic() < deadline:
+        line = stack.kubectl("get", "ftj", JOB, "-n", NAMESPACE, "--no-headers").strip()
+        if line != last_line:
+            say(f"kubectl get ftj: {' '.join(line.split())}")
+            last_line = line
+        status = job_status(stack)
+        step = ((status.get("progress") or {}).get("step")) or 0
+        pod = head_pod(stack)
+        if not preempted and pod and step >= preempt_at:
+            say(f"injecting a spot preemption: DisruptionTarget + SIGTERM to pod {pod['metadata']['name']} "
+                f"at step {step}")
+            stack.kubelet.disrupt_pod(NAMESPACE, pod["metadata"]["name"], reason="TerminationByKubelet")
+            preempted = True
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return status
+        time.sleep(1.0)
+    raise TimeoutError(f"FineTuneJob did not finish in {timeout:.0f}s; operator log:\n{stack.operator_log()[-3000:]}")
+
+
+def wait_serve_ready(stack: EmbeddedStack, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        line = stack.kubectl("get", "ms", SERVE, "-n", NAMESPACE, "--no-headers").strip()
+        if line != last:
+            say(f"kubectl get ms: {' '.join(line.split())}")
+            last = line
+        status = (stack.api.get(MODELSERVES, SERVE, NAMESPACE) or {}).get("status") or {}
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        if ready:
+            return status
+        time.sleep(1.0)
+    raise TimeoutError(f"ModelServe not Ready in {timeout:.0f}s; operator log:\n{stack.operator_log()[-3000:]}")
+
+
+def chat(stack: EmbeddedStack, prompt: str) -> tuple[str, float]:
+    from openai import OpenAI
+
+    pods = stack.api.list(PODS, NAMESPACE, label_selector=f"kubetune.dev/modelserve={SERVE}")
+    ip = next(p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("phase") == "Running")
+    port = demo_modelserve(Path("/")).get("spec", {}).get("port", 8000)
+    client = OpenAI(base_url=f"http://{ip}:{port}/v1", api_key="unused", max_retries=0)
+    start = time.monotonic()
+    answer = client.chat.completions.create(
+        model=JOB, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
+    )
+    return answer.choices[0].message.content, time.monotonic() - start
+
+
+def run(max_steps: int, timeout: float) -> int:
+    started = time.monotonic()
+    say("building the tiny Llama model and tokenizer (cached after the first run)")
+    model_dir = tiny_model_dir()
+    with EmbeddedStack(namespace=NAMESPACE, bucket="kubetune") as stack:
+        say(f"emulated API server {stack.apiserver.url}, S3 {stack.s3.endpoint}, "
+            f"nodes: {', '.join(n.name for n in stack.nodes)}; workdir {stack.workdir}")
+        stack.start_operator()
+        say(f"operator started as pid {stack.operator.pid} (python -m kubetune.operator)")
+        manifest = stack.workdir / "finetune.yaml"
+        manifest.write_text(yaml.safe_dump(demo_finetunejob(model_dir, max_steps), sort_keys=False))
+        say("kubectl apply -f finetune.yaml -> " + stack.kubectl("apply", "-f", str(manifest)).strip())
+        status = follow_training(stack, preempt_at=max_steps // 3, timeout=timeout)
+        if status.get("phase") != "Succeeded":
+            say(f"FineTuneJob ended {status.get('phase')}: {status.get('message')}")
+            return 1
+        serve_manifest = stack.workdir / "modelserve.yaml"
+        serve_manifest.write_text(yaml.safe_dump(demo_modelserve(model_dir), sort_keys=False))
+        say("kubectl apply -f modelserve.yaml -> " + stack.kubectl("apply", "-f", str(serve_manifest)).strip())
+        wait_serve_ready(stack, timeout=300)
+        prompt = "Add the numbers. 3 and 4"
+        answer, latency = chat(stack, prompt)
+        say(f"chat completion from adapter {JOB!r}: {prompt!r} -> {answer!r} ({latency * 1000:.0f} ms)")
+        progress = status.get("progress") or {}
+        adapter = status.get("adapter") or {}
+        summary = {
+            "steps": progress.get("step"), "trainLoss": progress.get("loss"), "evalLoss": progress.get("evalLoss"),
+            "recoveries": status.get("recoveries"), "errorRetries": status.get("errorRetries"),
+            "lostSteps": status.get("lostSteps"), "adapterUri": adapter.get("uri"), "adapterSha256": adapter.get("sha256"),
+            "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
+        }
+        say("summary:\n" + json.dumps(summary, indent=2))
+    say("stopped the operator, pods, API server and S3")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps of the demo job")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for training")
+    args = parser.parse_args(argv)
+    return run(args.max_steps, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
