@@ -416,3 +416,29 @@ def test_kmock_reactions_still_inject_faults(apiserver, http):
     apiserver.call(lambda emu: emu["get /api/v1/namespaces/default/secrets"] << 503)
     assert http("GET", "/api/v1/namespaces/default/secrets").code == 503
     assert http("GET", CM_PATH).code == 200  # everything else still served normally
+
+
+def test_delete_collection_by_label_and_dry_run_refused(http):
+    for name, team in [("d1", "x"), ("d2", "x"), ("d3", "y")]:
+        http("POST", FTJ_PATH, small_ftj(name, team=team))
+    gone = http("DELETE", f"{FTJ_PATH}?labelSelector=team%3Dx").body
+    assert [o["metadata"]["name"] for o in gone["items"]] == ["d1", "d2"]
+    assert [o["metadata"]["name"] for o in http("GET", FTJ_PATH).body["items"]] == ["d3"]
+    dry = http("POST", f"{FTJ_PATH}?dryRun=All", small_ftj("dry"))
+    assert dry.code == 400 and "dryRun" in dry.body["message"]
+    assert http("GET", f"{FTJ_PATH}/dry").code == 404
+
+
+def test_stop_ends_open_watches_promptly(project_crds):
+    import threading
+    server = EmulatedApiServer(crds=project_crds).start()
+    events: list[dict] = []
+    reader = threading.Thread(target=lambda: events.extend(
+        watch_events(server.url, FTJ_PATH, {}, 1, timeout=30)))
+    reader.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    server.stop()
+    reader.join(10)
+    assert not reader.is_alive() and events == []
+    assert time.monotonic() - started < 5

@@ -265,6 +265,8 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                         rtype: ResourceType) -> rendering.Response:
         method, params = request._raw_request.method, request.params
         ns = route.namespace if rtype.namespaced else None
+        if method in ("POST", "PUT", "PATCH", "DELETE") and "dryRun" in params:
+            raise errors.bad_request("dryRun: the emulated API server does not support dry runs")
         if method == "GET" and params.get("watch") in ("true", "1"):
             return self._serve_watch(request, route, rtype)
         if method == "GET" and route.name is None:
@@ -277,6 +279,8 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 self._serve_crd(obj)
                 obj = self.store.get(rtype, None, obj["metadata"]["name"])
             return _json_response(obj, 201)
+        if method == "DELETE" and route.name is None:
+            return self._delete_collection(request, route, rtype)
         if route.name is None:
             raise errors.method_not_allowed(f"{method} is not supported on collections")
         if method == "PUT":
@@ -299,6 +303,19 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
                 options = {**options, "propagationPolicy": params["propagationPolicy"]}
             return _json_response(self.store.delete(rtype, ns, route.name, options))
         raise errors.method_not_allowed(f"method {method} is not supported")
+
+    def _delete_collection(self, request: rendering.Request, route: Route,
+                           rtype: ResourceType) -> rendering.Response:
+        """`deletecollection`: delete every object the selectors match, each as a DELETE."""
+        predicate = build_predicate(request.params.get("labelSelector"),
+                                    request.params.get("fieldSelector"))
+        namespace = route.namespace if rtype.namespaced else None
+        deleted = [self.store.delete(rtype, obj["metadata"].get("namespace"),
+                                     obj["metadata"]["name"])
+                   for obj in self.store.list(rtype, namespace, predicate)]
+        return _json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
+                               "metadata": {"resourceVersion": str(self.store.resource_version)},
+                               "items": deleted})
 
     @staticmethod
     def _json_body(request: rendering.Request) -> Any:

@@ -1,0 +1,198 @@
+"""The operator's one door to the Kubernetes API: get / list / create / patch / delete.
+
+Generic REST calls over the `kubernetes` package's ApiClient (its auth, TLS and proxy
+handling; none of its generated models), so every kind — core objects and our custom
+resources — goes through the same five verbs, and the request count a benchmark reads is
+the real one. A 409 on create means "already exists" (names are deterministic); patches
+are only sent when the object differs from what we want.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from kubetune.api import FINETUNEJOB
+
+REQUEST_TIMEOUT = (5, 30)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+        path = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced and namespace:
+            path += f"/namespaces/{namespace}"
+        path += f"/{self.plural}"
+        if name:
+            path += f"/{name}"
+        return path + (f"/{sub}" if sub else "")
+
+
+PODS = Kind("", "v1", "pods")
+SERVICES = Kind("", "v1", "services")
+CONFIGMAPS = Kind("", "v1", "configmaps")
+EVENTS = Kind("", "v1", "events")
+NODES = Kind("", "v1", "nodes", namespaced=False)
+FINETUNEJOBS = Kind(FINETUNEJOB.group, FINETUNEJOB.version, FINETUNEJOB.plural)
+KINDS_BY_OBJECT = {"Pod": PODS, "Service": SERVICES, "ConfigMap": CONFIGMAPS, "Event": EVENTS,
+                   "Node": NODES, FINETUNEJOB.kind: FINETUNEJOBS}
+
+
+class KubeError(RuntimeError):
+    """A non-2xx answer: `status` is the HTTP code, the message the API server's."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+def selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def is_subset(wanted, actual) -> bool:
+    """True when every field of `wanted` is present and equal in `actual` (the API server
+    adds defaults we never set; those are not a difference)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            is_subset(value, actual.get(key)) for key, value in wanted.items())
+    if isinstance(wanted, list):
+        return (isinstance(actual, list) and len(wanted) == len(actual)
+                and all(is_subset(w, a) for w, a in zip(wanted, actual)))
+    return wanted == actual
+
+
+# Fields we own and may change on a live object, per kind (a pod's spec is immutable).
+PATCHABLE = {"ConfigMap": (("metadata", "labels"), ("data",)),
+             "Service": (("metadata", "labels"), ("spec", "selector"), ("spec", "ports")),
+             "Pod": (("metadata", "labels"),)}
+
+
+def drift_patch(desired: dict, actual: dict) -> dict | None:
+    """A merge patch putting our fields of `desired` onto `actual`, or None if in sync."""
+    patch: dict = {}
+    for path in PATCHABLE.get(desired.get("kind"), ()):
+        wanted, have = desired, actual
+        for key in path:
+            wanted, have = (wanted or {}).get(key), (have or {}).get(key)
+        if wanted is not None and not is_subset(wanted, have):
+            patch.setdefault(path[0], {})[path[1]] = wanted
+    return patch or None
+
+
+class Kube:
+    """Thread-safe (the ApiClient's pool is); counts requests per verb for metrics."""
+
+    def __init__(self, api_client=None):
+        if api_client is None:
+            api_client = new_api_client()
+        self.api_client = api_client
+        self.requests: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, path: str, body=None, query: dict | None = None,
+              content_type: str = "application/json"):
+        with self._lock:
+            self.requests[method] += 1
+        from kubernetes.client.exceptions import ApiException
+
+        url = path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            response = self.api_client.call_api(
+                url, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                _preload_content=False, _return_http_data_only=True,
+                _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            raise KubeError(exc.status, _message(exc.body)) from None
+        raw = response.data
+        return json.loads(raw) if raw else {}
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self._call("GET", kind.path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str | None, labels: dict[str, str]) -> list[dict]:
+        query = {"labelSelector": selector(labels)} if labels else None
+        return self._call("GET", kind.path(namespace), query=query).get("items") or []
+
+    def create(self, kind: Kind, body: dict) -> bool:
+        """True when created, False when an object of that name already existed (409)."""
+        namespace = body["metadata"].get("namespace")
+        try:
+            self._call("POST", kind.path(namespace), body)
+        except KubeError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def patch(self, kind: Kind, name: str, namespace: str | None, patch: dict,
+              subresource: str = "") -> dict:
+        """JSON merge patch; a `metadata.resourceVersion` in it makes the write conditional."""
+        return self._call("PATCH", kind.path(namespace, name, subresource), patch,
+                          content_type="application/merge-patch+json")
+
+    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
+        """True when a delete was issued, False when it was already gone."""
+        try:
+            self._call("DELETE", kind.path(namespace, name),
+                       {"kind": "DeleteOptions", "apiVersion": "v1",
+                        "propagationPolicy": "Background"})
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def ensure(self, desired: dict, actual: dict | None) -> str:
+        """Create `desired` when `actual` is None, patch our fields only when they drifted.
+        Returns what happened: created / exists / patched / unchanged."""
+        kind = KINDS_BY_OBJECT[desired["kind"]]
+        meta = desired["metadata"]
+        if actual is None:
+            return "created" if self.create(kind, desired) else "exists"
+        patch = drift_patch(desired, actual)
+        if patch is None:
+            return "unchanged"
+        self.patch(kind, meta["name"], meta.get("namespace"), patch)
+        return "patched"
+
+
+def _message(body) -> str:
+    try:
+        return json.loads(body).get("message") or str(body)
+    except (TypeError, ValueError, AttributeError):
+        return str(body)[:500]
+
+
+def new_api_client():
+    """An ApiClient from $KUBECONFIG / ~/.kube/config, else the in-cluster service account.
+    The config is read now, not at import (tests point KUBECONFIG at an emulator)."""
+    import os
+
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                client_configuration=configuration)
+    return client.ApiClient(configuration)
