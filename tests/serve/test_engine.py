@@ -37,3 +37,32 @@ def test_4bit_base_serves_an_adapter_and_returns_to_the_bare_base(tiny_base, tmp
     assert tokens(host, None, prompt) == bare
     again = host.add_adapter(tmp_path / "a")
     assert tokens(host, again, prompt) == adapted
+
+
+def test_fast_adapter_switch_gives_the_same_logits_as_peft_own_api(tiny_base, tmp_path):
+    torch.set_num_threads(1)
+    uri = f"file://{tiny_base}"
+    for seed, name in ((1, "a"), (2, "b")):
+        make_adapter(tiny_base, tmp_path / name, seed=seed, base_uri=uri)
+    host = ModelHost.load(BaseModelConfig(uri=uri), ModelLocation(str(tiny_base)))
+    a, b = host.add_adapter(tmp_path / "a"), host.add_adapter(tmp_path / "b")
+    assert host._layers, "the fast path is in use"
+    ids = torch.tensor([host.encode_prompt("Reverse the word.")])
+    peft = host._peft
+
+    def official(name):
+        with torch.inference_mode():
+            if name is None:
+                with peft.disable_adapter():
+                    return peft(input_ids=ids).logits
+            peft.set_adapter(name)
+            return peft(input_ids=ids).logits
+
+    expected = {name: official(name) for name in (a, b, None)}
+    assert not torch.equal(expected[a], expected[b])
+    assert not torch.equal(expected[a], expected[None])
+    host._active = object()  # forget what peft's calls above left active
+    for name in (a, None, b, a, b, None, a):
+        with torch.inference_mode():
+            got = host._forward_locked(name, ids, None).logits
+        assert torch.equal(got, expected[name]), name

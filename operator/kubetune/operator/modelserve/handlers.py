@@ -1,0 +1,88 @@
+"""Kopf handlers for ModelServe: parse nothing, decide nothing, call the service.
+
+Importing this module registers the handlers on Kopf's default registry (what
+`kopf run` / the operator's __main__ use); tests call `register` on their own registry
+with their own service. Paths into the one `ServeService.reconcile`:
+- create / resume / update of a ModelServe;
+- a timer (`KUBETUNE_SERVE_RESYNC_SECONDS`, default 15 s) that re-resolves adapters and
+  reads replicas and per-pod adapter states, which change without any ModelServe edit;
+- a FineTuneJob reaching Succeeded or Failed (or going away) reconciles, at once, every
+  ModelServe that references it, through an index of ModelServes by referenced job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import kopf
+
+from kubetune.api import FINETUNEJOB, MODELSERVE
+
+from ..config import load_config
+from ..kube import Kube, KubeError
+from .service import InvalidServe, ServeService
+
+RESYNC_SECONDS = float(os.environ.get("KUBETUNE_SERVE_RESYNC_SECONDS", "15"))
+RETRY_SECONDS = 10
+TERMINAL_JOB_PHASES = {"Succeeded", "Failed"}
+GROUP, VERSION = MODELSERVE.group, MODELSERVE.version
+
+
+def default_service() -> ServeService:
+    """Built on first use, so $KUBECONFIG and the config file are read at run time."""
+    return ServeService(Kube(), load_config())
+
+
+def register(registry: kopf.OperatorRegistry,
+             make_service: Callable[[], ServeService] = default_service,
+             resync_seconds: float = RESYNC_SECONDS) -> None:
+    holder: list[ServeService] = []
+
+    def service() -> ServeService:
+        if not holder:
+            holder.append(make_service())
+        return holder[0]
+
+    @kopf.on.resume(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    @kopf.on.create(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    @kopf.on.update(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    def reconcile_modelserve(body, **_) -> None:
+        try:
+            service().reconcile(body)
+        except InvalidServe as exc:
+            kopf.warn(body, reason="InvalidSpec", message=str(exc))
+            raise kopf.PermanentError(str(exc)) from None
+        except KubeError as exc:
+            raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from None
+
+    @kopf.timer(GROUP, VERSION, MODELSERVE.plural, interval=resync_seconds,
+                initial_delay=resync_seconds, registry=registry)
+    def resync_modelserve(body, logger, **_) -> None:
+        try:
+            service().reconcile(body)
+        except InvalidServe:
+            pass  # status already says Stalled; the Event was posted on create/update
+        except KubeError as exc:
+            logger.warning("resync failed, next in %ss: %s", resync_seconds, exc)
+
+    @kopf.index(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    def modelserves_by_job(namespace, name, spec, **_) -> dict:
+        refs = {(a.get("fineTuneJobRef") or {}).get("name") for a in spec.get("adapters") or []}
+        return {(namespace, job): name for job in refs if job}
+
+    @kopf.on.event(FINETUNEJOB.group, FINETUNEJOB.version, FINETUNEJOB.plural,
+                   registry=registry)
+    def finetunejob_changed(event, namespace, name, status, modelserves_by_job: kopf.Index,
+                            logger, **_) -> None:
+        if event.get("type") != "DELETED" and status.get("phase") not in TERMINAL_JOB_PHASES:
+            return
+        for serve in sorted(set(modelserves_by_job.get((namespace, name), []))):
+            try:
+                service().reconcile_by_name(namespace, serve)
+            except (InvalidServe, KubeError) as exc:
+                logger.warning("ModelServe %s/%s not reconciled after FineTuneJob %s: %s",
+                               namespace, serve, name, exc)
+
+
+register(kopf.get_default_registry())
