@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,20 +41,23 @@ def percentile(values: list[float], q: float) -> float:
 def make_adapters(base_dir: Path, out: Path, rank: int, count: int, first_seed: int, base_uri: str):
     """`count` distinct LoRA adapters of one rank, written as the trainer writes them."""
     import torch
+    from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files
 
     made = []
     for i in range(count):
         torch.manual_seed(first_seed + i)
         model = AutoModelForCausalLM.from_pretrained(base_dir)
-        lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+        lora = LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False
+        )
         directory = out / f"r{rank}-{i}"
         get_peft_model(model, lora).save_pretrained(directory, safe_serialization=True)
         manifest = Manifest(
-            kind="adapter", files=describe_files(directory), base_model={"uri": base_uri},
+            kind="adapter",
+            files=describe_files(directory),
+            base_model={"uri": base_uri},
             method={"type": "lora", "rank": rank, "alpha": 2 * rank, "targetModules": TARGETS},
         )
         (directory / MANIFEST_NAME).write_bytes(manifest.to_json())
@@ -74,13 +78,29 @@ class Server:
         self.config_path = workdir / "config.json"
         self.write(config)
         self.port = free_port()
-        self.log = open(workdir / "server.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.workers.serve", "--config", str(self.config_path),
-             "--host", "127.0.0.1", "--port", str(self.port), "--cache-dir", str(workdir / "cache"),
-             "--threads", "1", "--poll-seconds", "0.5"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
+        with open(workdir / "server.log", "wb") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubetune.workers.serve",
+                    "--config",
+                    str(self.config_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--cache-dir",
+                    str(workdir / "cache"),
+                    "--threads",
+                    "1",
+                    "--poll-seconds",
+                    "0.5",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def write(self, config: dict) -> None:
         staging = self.config_path.with_suffix(".tmp")
@@ -123,7 +143,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
 
 
 def throughput(client, models: list[str], requests: int) -> tuple[float, float]:
@@ -140,9 +159,10 @@ def throughput(client, models: list[str], requests: int) -> tuple[float, float]:
 
 
 def switch_cost(base_dir: Path, adapters: list[Path], base_uri: str, steps: int) -> dict:
-    """In-process: mean time of a one-token decode on one adapter vs alternating two."""
+    """In-process: the switch itself (this server's flag flip vs peft's set_adapter), and
+    a one-token forward on the same adapter vs alternating two (medians of 5 interleaved
+    trials, since other processes share the CPU)."""
     import torch
-
     from kubetune.workers.serve.basemodel import ModelLocation
     from kubetune.workers.serve.config import BaseModelConfig
     from kubetune.workers.serve.engine import ModelHost
@@ -150,38 +170,39 @@ def switch_cost(base_dir: Path, adapters: list[Path], base_uri: str, steps: int)
     torch.set_num_threads(1)
     host = ModelHost.load(BaseModelConfig(uri=base_uri), ModelLocation(str(base_dir)))
     a, b = (host.add_adapter(p) for p in adapters[:2])
-    prompt = host.encode_prompt(PROMPT)
+    ids = torch.tensor([host.encode_prompt(PROMPT)])
 
-    def one(name):
-        for _ in host.generate(name, prompt, 1, 0.0, 1.0, None):
-            pass
-
-    def timed(sequence):
-        for name in sequence[:10]:
-            one(name)
+    def per_call(action, sequence):
         started = time.perf_counter()
         for name in sequence:
-            one(name)
+            action(name)
         return (time.perf_counter() - started) / len(sequence)
 
-    same = timed([a] * steps)
-    alternating = timed([a, b] * (steps // 2))
-    base_alternating = timed([a, None] * (steps // 2))
-    started = time.perf_counter()
-    for i in range(steps):
-        host._peft.set_adapter(a if i % 2 else b)
-    raw = (time.perf_counter() - started) / steps
-    return {"same": same, "alternating": alternating, "adapter_base": base_alternating, "set_adapter": raw}
+    def forward(name):
+        with torch.inference_mode():
+            host._forward_locked(name, ids, None)
+
+    trials = {"same": [], "alternating": [], "adapter_base": [], "flip": [], "peft": []}
+    for _ in range(5):
+        trials["same"].append(per_call(forward, [a] * steps))
+        trials["alternating"].append(per_call(forward, [a, b] * (steps // 2)))
+        trials["adapter_base"].append(per_call(forward, [a, None] * (steps // 2)))
+        trials["flip"].append(per_call(host._activate_locked, [a, b] * (steps // 2)))
+        host._active = object()
+        trials["peft"].append(per_call(host._peft.set_adapter, [a, b] * (steps // 2)))
+        host._active = object()
+    return {key: statistics.median(values) for key, values in trials.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=60, help="requests per throughput case")
     parser.add_argument("--per-rank", type=int, default=8, help="cold loads per rank")
     args = parser.parse_args()
 
     import openai
-
     from kubetune.devenv.s3 import LoopbackS3
     from kubetune.devenv.tinymodel import tiny_model_dir
 
@@ -197,7 +218,9 @@ def main() -> None:
         local: dict[int, list[Path]] = {}
         for rank in ranks:
             count = max(args.per_rank, 21) if rank == 8 else args.per_rank
-            local[rank] = make_adapters(base_dir, workdir / "adapters", rank, count, rank * 1000, base_uri)
+            local[rank] = make_adapters(
+                base_dir, workdir / "adapters", rank, count, rank * 1000, base_uri
+            )
             uris[rank] = [upload(client, d, f"adapters/{d.name}") for d in local[rank]]
         size = {r: sum(p.stat().st_size for p in local[r][0].iterdir()) for r in ranks}
 
@@ -207,7 +230,8 @@ def main() -> None:
         warmup = entry(8, 20)  # the first load pays peft's one-off wrapping: not counted
         config = {
             "baseModel": {"uri": base_uri, "servedName": "tiny"},
-            "adapters": [warmup], "maxAdaptersInMemory": 64,
+            "adapters": [warmup],
+            "maxAdaptersInMemory": 64,
             "storage": {"endpoint": s3.endpoint},
         }
         env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -224,14 +248,18 @@ def main() -> None:
             print(f"   {'rank':>5} {'size':>10} {'p50':>9} {'p95':>9}  n")
             for r in ranks:
                 seconds = [views[e["name"]]["loadSeconds"] for e in cold[r]]
-                print(f"   {r:>5} {size[r] / 1e6:>8.2f}MB {percentile(seconds, 50) * 1e3:>7.1f}ms "
-                      f"{percentile(seconds, 95) * 1e3:>7.1f}ms  {len(seconds)}")
+                print(
+                    f"   {r:>5} {size[r] / 1e6:>8.2f}MB {percentile(seconds, 50) * 1e3:>7.1f}ms "
+                    f"{percentile(seconds, 95) * 1e3:>7.1f}ms  {len(seconds)}"
+                )
 
             twenty = [entry(8, i) for i in range(20)]
             config["adapters"] = [warmup] + twenty
             server.write(config)
             server.wait(lambda: server.all_settled([e["name"] for e in twenty]))
-            api = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0)
+            api = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0
+            )
             throughput(api, ["r8-0"], 5)  # warm the connection and the code paths
             one_tps, one_rps = throughput(api, ["r8-0"], args.requests)
             many_tps, many_rps = throughput(api, [e["name"] for e in twenty], args.requests)
@@ -242,19 +270,29 @@ def main() -> None:
         finally:
             server.stop()
 
-    cost = switch_cost(base_dir, local[8], base_uri, 200)
-    print("\n2. switch cost between loaded adapters (in-process, one decode step, rank 8)")
-    print(f"   same adapter every step      {cost['same'] * 1e3:7.3f} ms/step")
-    print(f"   alternating two adapters     {cost['alternating'] * 1e3:7.3f} ms/step "
-          f"(switch cost {(cost['alternating'] - cost['same']) * 1e3:+.3f} ms)")
-    print(f"   alternating adapter and base {cost['adapter_base'] * 1e3:7.3f} ms/step")
-    print(f"   peft set_adapter alone       {cost['set_adapter'] * 1e3:7.3f} ms")
+    try:
+        cost = switch_cost(base_dir, local[8], base_uri, 200)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n2. switch cost between loaded adapters (in-process, rank 8, medians of 5 trials)")
+    print(f"   switch (server's flag flip)   {cost['flip'] * 1e3:7.3f} ms")
+    print(f"   switch (peft set_adapter)     {cost['peft'] * 1e3:7.3f} ms")
+    print(f"   forward, same adapter         {cost['same'] * 1e3:7.3f} ms/step")
+    print(
+        f"   forward, alternating two      {cost['alternating'] * 1e3:7.3f} ms/step "
+        f"(ratio {cost['alternating'] / cost['same']:.2f})"
+    )
+    print(f"   forward, adapter/base in turn {cost['adapter_base'] * 1e3:7.3f} ms/step")
     print(f"\n3. throughput, one server, {args.requests} sequential requests of 16 tokens")
     print(f"   1 adapter                    {one_tps:7.1f} tok/s {one_rps:6.2f} req/s")
-    print(f"   20 adapters in turn          {many_tps:7.1f} tok/s {many_rps:6.2f} req/s  "
-          f"ratio 20/1 = {many_tps / one_tps:.2f}")
-    print(f"   20 in turn, 8 in memory (LRU){lru_tps:7.1f} tok/s {lru_rps:6.2f} req/s  "
-          f"ratio = {lru_tps / one_tps:.2f}")
+    print(
+        f"   20 adapters in turn          {many_tps:7.1f} tok/s {many_rps:6.2f} req/s  "
+        f"ratio 20/1 = {many_tps / one_tps:.2f}"
+    )
+    print(
+        f"   20 in turn, 8 in memory (LRU){lru_tps:7.1f} tok/s {lru_rps:6.2f} req/s  "
+        f"ratio = {lru_tps / one_tps:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from kubetune.devenv.s3 import LoopbackS3, free_port
 from kubetune.devenv.tinymodel import TinyModelConfig, tiny_model_dir
 from kubetune.workers import objectstore
@@ -118,7 +117,9 @@ class ServerProcess:
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; log: {self.log_path.read_text()[-3000:]}")
+        raise AssertionError(
+            f"timed out waiting for {what}; log: {self.log_path.read_text()[-3000:]}"
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         self.wait_for(lambda: self._ready(), "/readyz", timeout)
@@ -152,9 +153,21 @@ def start_server(tmp_path: Path, s3: LoopbackS3, config: dict) -> ServerProcess:
     log_path = tmp_path / "server.log"
     env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
-        sys.executable, "-m", "kubetune.workers.serve", "--config", str(config_path),
-        "--host", "127.0.0.1", "--port", str(port), "--cache-dir", str(tmp_path / "cache"),
-        "--threads", "1", "--poll-seconds", "0.5",
+        sys.executable,
+        "-m",
+        "kubetune.workers.serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--threads",
+        "1",
+        "--poll-seconds",
+        "0.5",
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

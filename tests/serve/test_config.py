@@ -3,19 +3,22 @@
 import json
 
 import pytest
-
 from kubetune.workers.serve.config import ConfigError, load_config, parse_config
 
 
 def test_full_config_parses_into_typed_values(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({
-        "baseModel": {"uri": "s3://b/m", "loadIn4bit": True, "servedName": "tiny"},
-        "adapters": [{"name": "a", "uri": "s3://b/a", "sha256": "ab" * 32}],
-        "maxAdaptersInMemory": 2,
-        "limits": {"maxPromptTokens": 10, "maxTokens": 5, "maxBodyBytes": 2048},
-        "storage": {"endpoint": "http://127.0.0.1:9000", "region": "eu-west-1"},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "baseModel": {"uri": "s3://b/m", "loadIn4bit": True, "servedName": "tiny"},
+                "adapters": [{"name": "a", "uri": "s3://b/a", "sha256": "ab" * 32}],
+                "maxAdaptersInMemory": 2,
+                "limits": {"maxPromptTokens": 10, "maxTokens": 5, "maxBodyBytes": 2048},
+                "storage": {"endpoint": "http://127.0.0.1:9000", "region": "eu-west-1"},
+            }
+        )
+    )
     config, raw = load_config(path)
     assert raw == path.read_bytes()
     assert config.base_model.load_in_4bit and config.base_model.served_name == "tiny"
@@ -31,12 +34,16 @@ def test_full_config_parses_into_typed_values(tmp_path):
         ({"baseModel": {"uri": "s3://b/m", "loadIn4bit": "yes"}}, "baseModel.loadIn4bit"),
         ({"baseModel": {"uri": "s3://b/m"}, "adapters": [{"name": "a"}]}, "adapters[0]."),
         (
-            {"baseModel": {"uri": "s3://b/m"},
-             "adapters": [{"name": "a", "uri": "s3://x"}, {"name": "a", "uri": "s3://y"}]},
+            {
+                "baseModel": {"uri": "s3://b/m"},
+                "adapters": [{"name": "a", "uri": "s3://x"}, {"name": "a", "uri": "s3://y"}],
+            },
             "adapters[1].name",
         ),
-        ({"baseModel": {"uri": "s3://b/m"}, "adapters": [{"name": "base", "uri": "s3://x"}]},
-         "adapters[0].name"),
+        (
+            {"baseModel": {"uri": "s3://b/m"}, "adapters": [{"name": "base", "uri": "s3://x"}]},
+            "adapters[0].name",
+        ),
         ({"baseModel": {"uri": "s3://b/m"}, "maxAdaptersInMemory": 0}, "maxAdaptersInMemory"),
         ({"baseModel": {"uri": "s3://b/m"}, "limits": {"maxTokens": True}}, "limits.maxTokens"),
     ],

@@ -3,7 +3,6 @@ injected and removed, and the bare base restored exactly once the last adapter g
 
 import pytest
 import torch
-
 from conftest import make_adapter
 from kubetune.workers.serve.basemodel import ModelLocation
 from kubetune.workers.serve.config import BaseModelConfig
@@ -21,7 +20,9 @@ def test_4bit_base_serves_an_adapter_and_returns_to_the_bare_base(tiny_base, tmp
     torch.set_num_threads(1)
     uri = f"file://{tiny_base}"
     sha = make_adapter(tiny_base, tmp_path / "a", seed=1, base_uri=uri)
-    host = ModelHost.load(BaseModelConfig(uri=uri, load_in_4bit=True), ModelLocation(str(tiny_base)))
+    host = ModelHost.load(
+        BaseModelConfig(uri=uri, load_in_4bit=True), ModelLocation(str(tiny_base))
+    )
     q_proj = host.base.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "Linear4bit"
     assert host.base_linears["model.layers.0.self_attn.k_proj"] == (64, 32)

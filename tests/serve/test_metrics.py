@@ -22,7 +22,9 @@ def test_counters_histograms_and_gauges_render_as_prometheus_text():
     metrics.adapter_load_finished("failed", 0.3)
     text = metrics.render()
     got = samples(text)
-    assert got['kubetune_serve_requests_total{endpoint="/v1/completions",model="a",status="200"}'] == 2
+    assert (
+        got['kubetune_serve_requests_total{endpoint="/v1/completions",model="a",status="200"}'] == 2
+    )
     assert 'model="we\\"ird"' in text
     bucket = 'kubetune_serve_request_duration_seconds_bucket{endpoint="/v1/completions",le="%s"}'
     assert got[bucket % "0.1"] == 0 and got[bucket % "0.25"] == 1 and got[bucket % "5"] == 2

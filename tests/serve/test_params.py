@@ -1,7 +1,6 @@
 """Request parsing: every refusal is a 400 naming the parameter at fault."""
 
 import pytest
-
 from kubetune.workers.serve.config import Limits
 from kubetune.workers.serve.errors import ApiError
 from kubetune.workers.serve.params import parse_chat, parse_completion, resolve_max_tokens
@@ -53,8 +52,11 @@ def test_completion_refusals_name_the_parameter(body, param):
             "messages[0].content",
         ),
         (
-            {"model": "a", "messages": [{"role": "user", "content": "x"}],
-             "max_completion_tokens": 99},
+            {
+                "model": "a",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_completion_tokens": 99,
+            },
             "max_completion_tokens",
         ),
     ],
@@ -78,12 +80,18 @@ def test_chat_text_parts_are_joined_and_developer_is_a_system_message():
             "model": "a",
             "messages": [
                 {"role": "developer", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
             ],
         },
         LIMITS,
     )
-    assert request.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"})
+    assert request.messages == (
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    )
     assert request.params.max_tokens is None
 
 
@@ -96,7 +104,9 @@ def test_prompt_over_the_limit_is_refused_with_the_prompt_named():
 
 
 def test_chat_default_fills_what_the_context_leaves_and_explicit_overflow_is_refused():
-    params = parse_chat({"model": "a", "messages": [{"role": "user", "content": "x"}]}, LIMITS).params
+    params = parse_chat(
+        {"model": "a", "messages": [{"role": "user", "content": "x"}]}, LIMITS
+    ).params
     assert resolve_max_tokens(params, 10, LIMITS, 512) == 32
     assert resolve_max_tokens(params, 40, LIMITS, 50) == 10
     explicit = parse_completion({"model": "a", "prompt": "x", "max_tokens": 20}, LIMITS).params

@@ -11,7 +11,6 @@ import urllib.request
 import openai
 import pytest
 import torch
-
 from conftest import (
     BUCKET,
     make_adapter,
@@ -163,7 +162,11 @@ def test_chat_uses_the_template_and_streams_the_same_answer(client):
         assert reply.usage.prompt_tokens > 8  # the template's role markers count too
     assert replies["alpha"] != replies["beta"]
     stream = client.chat.completions.create(
-        model="alpha", messages=messages, max_tokens=10, temperature=0, stream=True,
+        model="alpha",
+        messages=messages,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -185,9 +188,13 @@ def test_stop_sequence_cuts_the_answer(client, answers):
 
 def test_seed_makes_sampling_repeatable(client):
     def sample(seed):
-        return client.completions.create(
-            model="alpha", prompt=PROMPT, max_tokens=10, temperature=1.0, top_p=0.9, seed=seed
-        ).choices[0].text
+        return (
+            client.completions.create(
+                model="alpha", prompt=PROMPT, max_tokens=10, temperature=1.0, top_p=0.9, seed=seed
+            )
+            .choices[0]
+            .text
+        )
 
     assert sample(11) == sample(11)
     assert len({sample(s) for s in range(5)}) > 1
@@ -196,8 +203,12 @@ def test_seed_makes_sampling_repeatable(client):
 def test_each_bad_adapter_is_failed_with_its_reason(server):
     adapters = server.adapters()
     assert {n: a["state"] for n, a in adapters.items()} == {
-        "alpha": "Loaded", "beta": "Loaded", "corrupt": "Failed",
-        "mispinned": "Failed", "pickled": "Failed", "otherbase": "Failed",
+        "alpha": "Loaded",
+        "beta": "Loaded",
+        "corrupt": "Failed",
+        "mispinned": "Failed",
+        "pickled": "Failed",
+        "otherbase": "Failed",
     }
     assert "adapter_model.safetensors: sha256" in adapters["corrupt"]["message"]
     assert "differs from the pinned sha256" in adapters["mispinned"]["message"]
@@ -243,8 +254,9 @@ def test_metrics_count_requests_tokens_and_adapter_loads(client, server):
     tokens = 'kubetune_serve_tokens_total{model="beta",kind="completion"}'
     before_requests, before_tokens = metric(server, requests), metric(server, tokens)
     used = sum(
-        client.completions.create(model="beta", prompt=PROMPT, max_tokens=5, temperature=0)
-        .usage.completion_tokens
+        client.completions.create(
+            model="beta", prompt=PROMPT, max_tokens=5, temperature=0
+        ).usage.completion_tokens
         for _ in range(2)
     )
     assert metric(server, requests) == before_requests + 2
@@ -253,8 +265,29 @@ def test_metrics_count_requests_tokens_and_adapter_loads(client, server):
     assert metric(server, 'kubetune_serve_adapter_loads_total{result="loaded"}') == 2
     assert metric(server, 'kubetune_serve_adapters{state="Loaded"}') == 2
     assert metric(server, "kubetune_serve_adapter_load_duration_seconds_count") == 6
-    failing = 'kubetune_serve_requests_total{endpoint="/v1/completions",model="_unknown",status="404"}'
+    failing = (
+        'kubetune_serve_requests_total{endpoint="/v1/completions",model="_unknown",status="404"}'
+    )
     assert metric(server, failing) >= 1
+
+
+def test_concurrent_requests_for_different_adapters_never_mix(client, answers):
+    """Requests interleave token by token on one model; each must still see only its own
+    adapter from the first token to the last (streamed and not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(i):
+        model = ("alpha", "beta", "tiny")[i % 3]
+        if i % 2:
+            stream = client.completions.create(
+                model=model, prompt=PROMPT, max_tokens=12, temperature=0, stream=True
+            )
+            return model, "".join(c.choices[0].text for c in stream)
+        return model, greedy(client, model)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(ask, range(18)))
+    assert [text for _, text in results] == [answers[model] for model, _ in results]
 
 
 class Hammer:
@@ -329,7 +362,9 @@ def test_lru_bound_evicts_and_reloads_from_disk_with_the_same_answers(
     assert metric(server, evictions) >= before + 4
 
 
-def test_removing_an_adapter_unloads_it_and_leaves_the_rest(client, server, s3, s3_base, published, answers):
+def test_removing_an_adapter_unloads_it_and_leaves_the_rest(
+    client, server, s3, s3_base, published, answers
+):
     server.write_config(config_for(s3, s3_base, published, ["alpha", "gamma"]))
     server.wait_for(lambda: "beta" not in server.adapters(), "beta removed")
     with pytest.raises(openai.NotFoundError):
@@ -338,7 +373,9 @@ def test_removing_an_adapter_unloads_it_and_leaves_the_rest(client, server, s3, 
     assert sorted(m.id for m in client.models.list()) == ["alpha", "gamma", "tiny"]
 
 
-def test_a_broken_config_edit_is_reported_and_the_last_good_one_keeps_serving(client, server, answers):
+def test_a_broken_config_edit_is_reported_and_the_last_good_one_keeps_serving(
+    client, server, answers
+):
     server.config_path.write_text("{broken")
     server.wait_for(lambda: server.get_json("/v1/adapters")[1]["configError"], "configError")
     assert greedy(client, "alpha") == answers["alpha"]

@@ -4,13 +4,15 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files, sha256_bytes
 from kubetune.workers.serve.verify import AdapterRejected, verify_adapter
+from safetensors.torch import save_file
 
 SERVED = "s3://bucket/models/tiny"
-BASE_LINEARS = {"model.layers.0.self_attn.q_proj": (64, 64), "model.layers.0.mlp.up_proj": (64, 128)}
+BASE_LINEARS = {
+    "model.layers.0.self_attn.q_proj": (64, 64),
+    "model.layers.0.mlp.up_proj": (64, 128),
+}
 KEY = "base_model.model.model.layers.0.{}.lora_{}.weight"
 
 
@@ -35,8 +37,9 @@ def write_adapter(directory, rank=4, a_in=64, up_out=128, base_uri=SERVED, extra
         for p in directory.iterdir()
         if p.name != MANIFEST_NAME
     }
-    raw = Manifest(kind="adapter", files=files, base_model={"uri": base_uri},
-                   method={"rank": rank}).to_json()
+    raw = Manifest(
+        kind="adapter", files=files, base_model={"uri": base_uri}, method={"rank": rank}
+    ).to_json()
     (directory / MANIFEST_NAME).write_bytes(raw)
     return sha256_bytes(raw)
 
@@ -82,7 +85,9 @@ def test_an_adapter_trained_on_another_base_uri_is_refused(tmp_path):
         verify_adapter(tmp_path / "a", None, SERVED, BASE_LINEARS)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"a_in": 32}, "q_proj.lora_A"), ({"up_out": 96}, "up_proj.lora_B")])
+@pytest.mark.parametrize(
+    "kwargs, field", [({"a_in": 32}, "q_proj.lora_A"), ({"up_out": 96}, "up_proj.lora_B")]
+)
 def test_tensor_shapes_must_fit_the_served_base(tmp_path, kwargs, field):
     write_adapter(tmp_path / "a", **kwargs)
     with pytest.raises(AdapterRejected, match=f"{field}.weight has shape .* different base"):
@@ -109,8 +114,14 @@ def test_manifest_rank_must_match_adapter_config(tmp_path):
 def test_with_a_rank_pattern_a_and_b_must_still_agree(tmp_path):
     from kubetune.workers.serve.verify import check_shapes
 
-    good = {KEY.format("self_attn.q_proj", "A"): (6, 64), KEY.format("self_attn.q_proj", "B"): (64, 6)}
+    good = {
+        KEY.format("self_attn.q_proj", "A"): (6, 64),
+        KEY.format("self_attn.q_proj", "B"): (64, 6),
+    }
     check_shapes(good, None, BASE_LINEARS)
-    bad = {KEY.format("self_attn.q_proj", "A"): (6, 64), KEY.format("self_attn.q_proj", "B"): (64, 4)}
+    bad = {
+        KEY.format("self_attn.q_proj", "A"): (6, 64),
+        KEY.format("self_attn.q_proj", "B"): (64, 4),
+    }
     with pytest.raises(AdapterRejected, match=r"needs \[64, 6\]"):
         check_shapes(bad, None, BASE_LINEARS)

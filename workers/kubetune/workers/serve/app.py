@@ -73,8 +73,11 @@ class ServeApp:
         if config.base_model != self.config.base_model or config.storage != self.config.storage:
             log.warning("baseModel/storage changed: ignored until the pod restarts")
             config = ServeConfig(
-                self.config.base_model, config.adapters, config.max_adapters_in_memory,
-                config.limits, self.config.storage,
+                self.config.base_model,
+                config.adapters,
+                config.max_adapters_in_memory,
+                config.limits,
+                self.config.storage,
             )
         self.config = config
         if self.registry is not None:

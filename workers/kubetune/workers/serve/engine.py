@@ -34,7 +34,6 @@ from .basemodel import ModelLocation
 from .config import BaseModelConfig
 from .sampling import choose_token
 
-
 _UNSET = object()
 
 
@@ -106,7 +105,9 @@ class ModelHost:
                     )
                     self._peft.eval()
                 else:
-                    self._peft.load_adapter(str(directory), adapter_name=peft_name, is_trainable=False)
+                    self._peft.load_adapter(
+                        str(directory), adapter_name=peft_name, is_trainable=False
+                    )
             except Exception:
                 self._remove_locked(peft_name)
                 raise
@@ -133,9 +134,11 @@ class ModelHost:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self._active = _UNSET
-        layers = [] if self._peft is None else [
-            m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)
-        ]
+        layers = (
+            []
+            if self._peft is None
+            else [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
+        )
         flags_known = all(
             hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters") for m in layers
         )
@@ -146,10 +149,11 @@ class ModelHost:
         if self._active is peft_name or self._active == peft_name:
             return
         if self._layers:
+            # Plain attributes: object.__setattr__ skips nn.Module's parameter bookkeeping.
             for layer in self._layers:
-                layer._disable_adapters = peft_name is None
+                object.__setattr__(layer, "_disable_adapters", peft_name is None)
                 if peft_name is not None:
-                    layer._active_adapter = [peft_name]
+                    object.__setattr__(layer, "_active_adapter", [peft_name])
             if peft_name is not None:
                 self._peft.base_model.active_adapter = peft_name
         elif peft_name is None:

@@ -114,8 +114,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         model, status = "_invalid", 500
         try:
             if self.app.service is None:
-                raise ApiError(503, "the base model is still loading", type="server_error",
-                               code="model_loading")
+                raise ApiError(
+                    503,
+                    "the base model is still loading",
+                    type="server_error",
+                    code="model_loading",
+                )
             body = self._read_json()
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 model = self.app.metric_model_label(body["model"])

@@ -13,7 +13,9 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     if not names:
         return ""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values)
+    escaped = (
+        str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values
+    )
     return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, escaped)) + "}"
 
 
@@ -101,9 +103,7 @@ class ServeMetrics:
             LATENCY_BUCKETS,
             ("endpoint",),
         )
-        self.tokens = Counter(
-            "kubetune_serve_tokens_total", "Tokens processed.", ("model", "kind")
-        )
+        self.tokens = Counter("kubetune_serve_tokens_total", "Tokens processed.", ("model", "kind"))
         self.adapter_loads = Counter(
             "kubetune_serve_adapter_loads_total", "Adapter cold loads by result.", ("result",)
         )

@@ -92,7 +92,9 @@ def _refuse_unsupported(body: dict) -> None:
             raise bad_param(key, f"{key} is not supported by this server")
 
 
-def parse_common(body: object, limits: Limits, max_tokens_keys: tuple[str, ...]) -> GenerationParams:
+def parse_common(
+    body: object, limits: Limits, max_tokens_keys: tuple[str, ...]
+) -> GenerationParams:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     model = body.get("model")
@@ -149,7 +151,9 @@ def _message_text(content: object, index: int) -> str:
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise bad_param(f"messages[{index}].content", "only text content parts are supported")
+                raise bad_param(
+                    f"messages[{index}].content", "only text content parts are supported"
+                )
             parts.append(str(part.get("text", "")))
         return "".join(parts)
     raise bad_param(f"messages[{index}].content", "content must be a string or text parts")

@@ -99,9 +99,7 @@ class Fetcher:
                 raise AdapterRejected(f"download failed: {exc}") from exc
             if not files:
                 raise AdapterRejected(f"no objects under {config.uri}")
-            _, identity = verify_adapter(
-                staging, config.sha256, self.served_uri, self.base_linears
-            )
+            _, identity = verify_adapter(staging, config.sha256, self.served_uri, self.base_linears)
             size = sum(p.stat().st_size for p in files)
             key = hashlib.sha256(f"{config.name}\n{config.uri}".encode()).hexdigest()[:12]
             target = root / f"{key}-{identity[:16]}"
@@ -114,8 +112,14 @@ class Fetcher:
 
 
 class AdapterRegistry:
-    def __init__(self, host, fetcher: Fetcher, base_name: str, max_in_memory: int,
-                 events: RegistryEvents | None = None):
+    def __init__(
+        self,
+        host,
+        fetcher: Fetcher,
+        base_name: str,
+        max_in_memory: int,
+        events: RegistryEvents | None = None,
+    ):
         self.host = host
         self.fetcher = fetcher
         self.base_name = base_name
@@ -264,13 +268,18 @@ class AdapterRegistry:
                 raise model_not_found(name)
             if state == "Failed":
                 raise ApiError(
-                    404, f"adapter {name!r} failed to load: {entry.message}", "model",
+                    404,
+                    f"adapter {name!r} failed to load: {entry.message}",
+                    "model",
                     "model_not_available",
                 )
             if state != "Loaded":
                 raise ApiError(
-                    503, f"adapter {name!r} is {state.lower()}; retry shortly", "model",
-                    "model_loading", type="server_error",
+                    503,
+                    f"adapter {name!r} is {state.lower()}; retry shortly",
+                    "model",
+                    "model_loading",
+                    type="server_error",
                 )
             self._make_resident(entry)
             with self._lock:

@@ -63,7 +63,14 @@ def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | No
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, use: dict) -> dict:
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": use}
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": use,
+    }
 
 
 def model_list(names: list[str], created: int) -> dict:

@@ -21,7 +21,7 @@ from .textstream import TextAssembler
 
 @dataclass
 class Result:
-    """A JSON body, or an iterator of SSE bytes; `on_done(completion_tokens)` for metrics."""
+    """A JSON body, or an iterator of SSE bytes (token metrics are counted as it ends)."""
 
     body: dict | None = None
     stream: Iterator[bytes] | None = None
@@ -74,7 +74,9 @@ class CompletionService:
             stack.close()
             raise
 
-    def _texts(self, prepared: Prepared, peft_name: str | None) -> Iterator[tuple[str, int, str | None]]:
+    def _texts(
+        self, prepared: Prepared, peft_name: str | None
+    ) -> Iterator[tuple[str, int, str | None]]:
         """(text delta, tokens so far, finish reason or None) as generation proceeds."""
         p = prepared.params
         assembler = TextAssembler(p.stop)
@@ -120,7 +122,9 @@ class CompletionService:
             try:
                 if chat:
                     yield responses.sse(
-                        responses.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None)
+                        responses.chat_chunk(
+                            rid, created, model, {"role": "assistant", "content": ""}, None
+                        )
                     )
                 for delta, count, reason in texts:
                     if chat:
@@ -129,7 +133,9 @@ class CompletionService:
                                 responses.chat_chunk(rid, created, model, {"content": delta}, None)
                             )
                         if reason:
-                            yield responses.sse(responses.chat_chunk(rid, created, model, {}, reason))
+                            yield responses.sse(
+                                responses.chat_chunk(rid, created, model, {}, reason)
+                            )
                     elif delta or reason:
                         yield responses.sse(
                             responses.completion_chunk(rid, created, model, delta, reason)

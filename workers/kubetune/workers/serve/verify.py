@@ -94,7 +94,7 @@ def tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
     try:
         with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise AdapterRejected(f"{WEIGHTS_NAME} is not a valid safetensors file: {exc}") from exc
 
@@ -116,7 +116,9 @@ def check_shapes(
                 continue
             module = key[: -len(part)].removeprefix(LORA_KEY_PREFIX)
             if module not in base_linears:
-                raise AdapterRejected(f"{key} targets {module}, which the served base does not have")
+                raise AdapterRejected(
+                    f"{key} targets {module}, which the served base does not have"
+                )
             if len(shape) != 2:
                 raise AdapterRejected(f"{key} has shape {list(shape)}; LoRA weights are matrices")
             in_features, out_features = base_linears[module]
