@@ -166,7 +166,8 @@ class DeploymentController:
             for pod in old:
                 if not pod["metadata"].get("deletionTimestamp"):
                     self.api.delete(PODS, pod["metadata"]["name"], namespace)
-        live = [p for p in list(current.values()) + old if not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in [*current.values(), *old]
+                if not p["metadata"].get("deletionTimestamp")]
         status = {
             "observedGeneration": meta.get("generation", 1),
             "replicas": len(live),

@@ -1,5 +1,5 @@
 """ModelServe reconciliation: pure builders and resolution, one service, thin Kopf handlers.
 
-`builders`, `resolve` and `status` are pure (dicts in, dicts out); `service` does the I/O
-through a small client; `handlers` registers the Kopf handlers (import it to register).
+`builders`, `resolve`, `status` and `apply` are pure (dicts in, dicts out); `service`
+does the I/O through `kube.Kube`; `handlers.register(registry)` adds the Kopf handlers.
 """

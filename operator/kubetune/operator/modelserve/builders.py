@@ -48,7 +48,9 @@ class ServeMeta:
     def from_meta(cls, meta: Mapping) -> ServeMeta:
         missing = [f"metadata.{key}" for key in ("name", "namespace", "uid") if not meta.get(key)]
         if missing:
-            raise SpecError([f"{field}: required to build the ModelServe's children" for field in missing])
+            raise SpecError(
+                [f"{field}: required to build the ModelServe's children" for field in missing]
+            )
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
     def owner_reference(self) -> dict:

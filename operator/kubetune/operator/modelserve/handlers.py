@@ -1,8 +1,9 @@
 """Kopf handlers for ModelServe: parse nothing, decide nothing, call the service.
 
-Importing this module registers the handlers on Kopf's default registry (what
-`kopf run` / the operator's __main__ use); tests call `register` on their own registry
-with their own service. Paths into the one `ServeService.reconcile`:
+`register(registry)` adds them to an operator's registry (the operator's own, in
+`operator/handlers.py`; a test's, with its own service). Nothing registers at import, so
+the handlers never land twice or on a registry nobody runs. Paths into the one
+`ServeService.reconcile`:
 - create / resume / update of a ModelServe;
 - a timer (`KUBETUNE_SERVE_RESYNC_SECONDS`, default 15 s) that re-resolves adapters and
   reads replicas and per-pod adapter states, which change without any ModelServe edit;
@@ -44,9 +45,12 @@ def register(registry: kopf.OperatorRegistry,
             holder.append(make_service())
         return holder[0]
 
-    @kopf.on.resume(GROUP, VERSION, MODELSERVE.plural, registry=registry)
-    @kopf.on.create(GROUP, VERSION, MODELSERVE.plural, registry=registry)
-    @kopf.on.update(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    # Explicit ids: a nested function's default id ("register.<locals>.…") would end up
+    # in progress annotations and in the name of the index's kwarg.
+    @kopf.on.resume(GROUP, VERSION, MODELSERVE.plural, id="modelserve-reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, MODELSERVE.plural, id="modelserve-reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, MODELSERVE.plural, id="modelserve-reconcile", field="spec",
+                    registry=registry)
     def reconcile_modelserve(body, **_) -> None:
         try:
             service().reconcile(body)
@@ -56,8 +60,8 @@ def register(registry: kopf.OperatorRegistry,
         except KubeError as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from None
 
-    @kopf.timer(GROUP, VERSION, MODELSERVE.plural, interval=resync_seconds,
-                initial_delay=resync_seconds, registry=registry)
+    @kopf.timer(GROUP, VERSION, MODELSERVE.plural, id="modelserve-resync",
+                interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     def resync_modelserve(body, logger, **_) -> None:
         try:
             service().reconcile(body)
@@ -66,13 +70,13 @@ def register(registry: kopf.OperatorRegistry,
         except KubeError as exc:
             logger.warning("resync failed, next in %ss: %s", resync_seconds, exc)
 
-    @kopf.index(GROUP, VERSION, MODELSERVE.plural, registry=registry)
+    @kopf.index(GROUP, VERSION, MODELSERVE.plural, id="modelserves_by_job", registry=registry)
     def modelserves_by_job(namespace, name, spec, **_) -> dict:
         refs = {(a.get("fineTuneJobRef") or {}).get("name") for a in spec.get("adapters") or []}
         return {(namespace, job): name for job in refs if job}
 
     @kopf.on.event(FINETUNEJOB.group, FINETUNEJOB.version, FINETUNEJOB.plural,
-                   registry=registry)
+                   id="modelserve-finetunejob-watch", registry=registry)
     def finetunejob_changed(event, namespace, name, status, modelserves_by_job: kopf.Index,
                             logger, **_) -> None:
         if event.get("type") != "DELETED" and status.get("phase") not in TERMINAL_JOB_PHASES:
@@ -83,6 +87,3 @@ def register(registry: kopf.OperatorRegistry,
             except (InvalidServe, KubeError) as exc:
                 logger.warning("ModelServe %s/%s not reconciled after FineTuneJob %s: %s",
                                namespace, serve, name, exc)
-
-
-register(kopf.get_default_registry())

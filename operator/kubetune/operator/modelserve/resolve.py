@@ -75,7 +75,9 @@ def resolve_adapters(spec: ModelServeSpec, jobs: Mapping[str, Mapping | None]) -
     result = []
     for adapter in spec.adapters:
         if adapter.uri is not None:
-            result.append(Resolution(adapter.name, "Resolved", uri=adapter.uri, sha256=adapter.sha256))
+            result.append(
+                Resolution(adapter.name, "Resolved", uri=adapter.uri, sha256=adapter.sha256)
+            )
         else:
             job_name = adapter.fine_tune_job_ref.name
             result.append(_from_job(adapter.name, job_name, jobs.get(job_name)))

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from kubetune.api import Condition, ModelServeStatus
 from kubetune.api.modelserve import AdapterStatus
 
@@ -133,12 +135,27 @@ def rollout(observed: Observed) -> tuple[int, int, str | None]:
     return replicas, ready, None
 
 
+def previous_status(previous: Mapping | None) -> ModelServeStatus:
+    """The stored status, or only its conditions when the rest no longer validates (an
+    older operator's shape): a bad old status must not block writing a good new one."""
+    try:
+        return ModelServeStatus.model_validate(previous or {})
+    except ValidationError:
+        conditions = []
+        for item in (previous or {}).get("conditions") or []:
+            try:
+                conditions.append(Condition.model_validate(item))
+            except ValidationError:
+                continue
+        return ModelServeStatus(conditions=conditions)
+
+
 def compute_status(
     resolutions: list[Resolution], observed: Observed, endpoint: str,
     previous: Mapping | None, now: datetime,
 ) -> dict:
     """The status to write, in wire form."""
-    old = ModelServeStatus.model_validate(previous or {})
+    old = previous_status(previous)
     replicas, ready, not_done = rollout(observed)
     adapters = adapter_statuses(resolutions, observed.pods)
     resolved = [a for a in adapters if a.uri is not None]
@@ -180,12 +197,13 @@ def invalid_spec_status(
     message: str, generation: int | None, previous: Mapping | None, now: datetime
 ) -> dict:
     """Failed + Stalled: the spec must be fixed by its author; nothing was created."""
-    old = ModelServeStatus.model_validate(previous or {})
+    old = previous_status(previous)
     message = message[:MAX_MESSAGE]
     status = old.model_copy(update={
         "phase": "Failed",
         "message": message,
-        "conditions": conditions_for("Failed", "InvalidSpec", message, generation, old.conditions, now),
+        "conditions": conditions_for(
+            "Failed", "InvalidSpec", message, generation, old.conditions, now),
         "observed_generation": generation,
     })
     return status.to_wire()

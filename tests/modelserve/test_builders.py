@@ -1,0 +1,283 @@
+"""ModelServe builders: golden manifests per scenario, the rules every child follows, and
+the restart-hash contract (adapter-only changes never touch the pod template).
+
+Regenerate the golden files after an intended change with
+`KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/modelserve/test_builders.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune.api import ModelServeSpec, SpecError, parse_spec
+from kubetune.devenv.pod_security import check_restricted
+from kubetune.operator.config import parse_config
+from kubetune.operator.modelserve.builders import (
+    CONFIG_KEY,
+    RESTART_HASH_ANNOTATION,
+    ServeMeta,
+    build_children,
+    build_deployment,
+)
+from kubetune.operator.modelserve.resolve import Resolution
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"
+K8S_VERSION = "1.37.0"
+META = ServeMeta(
+    name="support-bot", namespace="ml-team", uid="7d1f6a52-3c4b-4f0e-9a55-0b8f1f3e2c10")
+SHA = "a" * 64
+BASE = {"baseModel": {"uri": "s3://models/llama-3-8b", "loadIn4bit": True}}
+ADAPTERS = [
+    {"name": "support", "fineTuneJobRef": {"name": "llama-support"}},
+    {"name": "legal", "uri": "s3://adapters/legal/v3", "sha256": SHA},
+]
+RESOLVED = [
+    Resolution("support", "Resolved", uri="s3://out/ml-team/llama-support/adapter", sha256="b" * 64,
+               job="llama-support"),
+    Resolution("legal", "Resolved", uri="s3://adapters/legal/v3", sha256=SHA),
+]
+PENDING = [
+    Resolution("support", "Pending", message="waiting for FineTuneJob llama-support (Running)",
+               job="llama-support"),
+    RESOLVED[1],
+]
+
+
+def spec(**overrides) -> ModelServeSpec:
+    body = {**BASE, "adapters": ADAPTERS, **overrides}
+    return parse_spec(ModelServeSpec, body)
+
+
+CASES = {
+    # name: (spec overrides, config, resolutions)
+    "single-replica-pending-adapter": ({}, {}, PENDING),
+    "three-replicas-secret-credentials": (
+        {
+            "replicas": 3,
+            "storage": {
+                "endpoint": "http://minio.storage.svc:9000",
+                "credentials": {"secretRef": {"name": "minio-creds"}},
+            },
+            "limits": {"maxTokens": 256},
+            "port": 8080,
+        },
+        {},
+        RESOLVED,
+    ),
+    "spot-gke-irsa": (
+        {
+            "replicas": 2,
+            "resources": {
+                "spot": True,
+                "gpusPerWorker": 1,
+                "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                 "effect": "NoSchedule"}],
+                "priorityClassName": "serving-high",
+            },
+            "storage": {"region": "us-west-2",
+                        "credentials": {"serviceAccountName": "llm-server"}},
+            "image": "registry.local/kubetune/server:dev",
+            "imagePullPolicy": "Always",
+        },
+        {"spotProvider": "gke", "storage": {"defaultEndpoint": "http://s3.local:9000"}},
+        RESOLVED,
+    ),
+    "cpu-only-karpenter-on-demand": (
+        {"resources": {"gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}, "adapters": []},
+        {"spotProvider": "karpenter"},
+        [],
+    ),
+}
+
+
+def build_case(name: str) -> list[dict]:
+    overrides, config, resolutions = CASES[name]
+    return build_children(META, spec(**overrides), parse_config(config), resolutions)
+
+
+def by_kind(children: list[dict]) -> dict[str, dict]:
+    return {child["kind"]: child for child in children}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_golden(name):
+    rendered = yaml.safe_dump_all(build_case(name), sort_keys=False, width=100)
+    path = GOLDEN_DIR / f"{name}.yaml"
+    if UPDATE_GOLDEN:
+        path.write_text(rendered)
+    assert path.exists(), f"{path} missing: run with KUBETUNE_UPDATE_GOLDEN=1 to create it"
+    expected = path.read_text()
+    if rendered != expected:
+        diff = "\n".join(difflib.unified_diff(
+            expected.splitlines(), rendered.splitlines(), "golden", "built", lineterm=""))
+        pytest.fail(
+            f"{name} drifted from {path.name} (KUBETUNE_UPDATE_GOLDEN=1 to accept):\n{diff}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_child_is_a_valid_kubernetes_object(name):
+    for child in build_case(name):
+        kubernetes_validate.validate(child, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_server_pods_meet_restricted_pod_security(name):
+    deployment = by_kind(build_case(name))["Deployment"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert check_restricted(pod_spec) == []
+    assert pod_spec["securityContext"]["runAsUser"] == 65532
+    assert pod_spec["securityContext"]["runAsGroup"] == 65532
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_children_are_owned_selected_and_probed(name):
+    overrides, _, _ = CASES[name]
+    serve = spec(**overrides)
+    children = build_case(name)
+    kinds = [child["kind"] for child in children]
+    expected = ["ConfigMap", "Service", "Deployment"]
+    assert kinds == expected + (["PodDisruptionBudget"] if serve.replicas > 1 else [])
+    for child in children:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("ModelServe", META.name, META.uid)
+        assert owner["controller"] is True
+    found = by_kind(children)
+    deployment = found["Deployment"]
+    template = deployment["spec"]["template"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert found["Service"]["spec"]["selector"] == selector
+    container = template["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["ports"][0]["containerPort"] == serve.port
+    assert container["command"][-3:] == [str(serve.port), "--cache-dir", "/tmp/kubetune-serve"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_configmap_serves_only_resolved_adapters_in_spec_order():
+    configmap = by_kind(build_case("single-replica-pending-adapter"))["ConfigMap"]
+    document = json.loads(configmap["data"][CONFIG_KEY])
+    assert document["adapters"] == [
+        {"name": "legal", "uri": "s3://adapters/legal/v3", "sha256": SHA}]
+    assert document["baseModel"] == {
+        "uri": "s3://models/llama-3-8b", "loadIn4bit": True, "servedName": "base",
+        "trustRemoteCode": False,
+    }
+    resolved = by_kind(build_case("three-replicas-secret-credentials"))["ConfigMap"]
+    document = json.loads(resolved["data"][CONFIG_KEY])
+    assert [a["name"] for a in document["adapters"]] == ["support", "legal"]
+    assert document["storage"] == {"endpoint": "http://minio.storage.svc:9000"}
+    assert document["limits"]["maxTokens"] == 256
+
+
+def test_the_server_config_parses_with_the_servers_own_parser():
+    from kubetune.workers.serve.config import parse_config as parse_server_config
+
+    for name in CASES:
+        configmap = by_kind(build_case(name))["ConfigMap"]
+        overrides, _, resolutions = CASES[name]
+        parsed = parse_server_config(json.loads(configmap["data"][CONFIG_KEY]))
+        assert [a.name for a in parsed.adapters] == [r.name for r in resolutions if r.resolved]
+        assert parsed.max_adapters_in_memory == spec(**overrides).max_adapters_in_memory
+
+
+def test_credentials_only_by_reference():
+    env = {e["name"]: e for e in by_kind(build_case("three-replicas-secret-credentials"))[
+        "Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
+        "secretKeyRef": {"name": "minio-creds", "key": "AWS_ACCESS_KEY_ID"}}}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    irsa = by_kind(build_case("spot-gke-irsa"))["Deployment"]["spec"]["template"]["spec"]
+    assert irsa["serviceAccountName"] == "llm-server"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & {
+        e["name"] for e in irsa["containers"][0]["env"]}
+
+
+def test_spot_placement_only_when_spot_is_allowed():
+    spot = by_kind(build_case("spot-gke-irsa"))["Deployment"]["spec"]["template"]["spec"]
+    assert spot["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+            "effect": "NoSchedule"} in spot["tolerations"]
+    on_demand = by_kind(build_case("cpu-only-karpenter-on-demand"))["Deployment"]
+    pod = on_demand["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"karpenter.sh/capacity-type": "on-demand"}
+    assert "tolerations" not in pod
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+
+
+def test_conflicting_capacity_label_is_refused():
+    bad = spec(resources={
+        "spot": True, "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}})
+    with pytest.raises(SpecError, match="capacity"):
+        build_children(META, bad, parse_config({}), [])
+
+
+# The restart contract -------------------------------------------------------------------
+
+HOT_CHANGES = {
+    "adapter added": {"adapters": [*ADAPTERS, {"name": "extra", "uri": "s3://adapters/extra"}]},
+    "adapter removed": {"adapters": ADAPTERS[1:]},
+    "adapter pinned": {"adapters": [ADAPTERS[0], {**ADAPTERS[1], "sha256": "c" * 64}]},
+    "max adapters in memory": {"maxAdaptersInMemory": 3},
+    "limits": {"limits": {"maxPromptTokens": 128}},
+    "replicas": {"replicas": 4},
+}
+ROLLING_CHANGES = {
+    "base model": {"baseModel": {"uri": "s3://models/llama-3-8b-v2", "loadIn4bit": True}},
+    "4-bit loading": {"baseModel": {"uri": "s3://models/llama-3-8b"}},
+    "served name": {"baseModel": {**BASE["baseModel"], "servedName": "llama"}},
+    "image": {"image": "registry.local/kubetune/server:2"},
+    "resources": {"resources": {"memory": "32Gi"}},
+    "storage endpoint": {"storage": {"endpoint": "http://minio:9000"}},
+    "port": {"port": 9000},
+}
+
+
+@pytest.mark.parametrize("change", sorted(HOT_CHANGES))
+def test_hot_changes_leave_the_pod_template_unchanged(change):
+    config = parse_config({})
+    before = build_deployment(META, spec(), config)["spec"]["template"]
+    after = build_deployment(META, spec(**HOT_CHANGES[change]), config)["spec"]["template"]
+    assert after == before
+
+
+def test_adapter_resolution_changes_only_the_configmap():
+    config = parse_config({})
+    pending = by_kind(build_children(META, spec(), config, PENDING))
+    resolved = by_kind(build_children(META, spec(), config, RESOLVED))
+    assert pending["Deployment"] == resolved["Deployment"]
+    assert pending["Service"] == resolved["Service"]
+    assert pending["ConfigMap"]["data"] != resolved["ConfigMap"]["data"]
+
+
+@pytest.mark.parametrize("change", sorted(ROLLING_CHANGES))
+def test_base_image_resource_changes_roll_the_deployment(change):
+    config = parse_config({})
+    before = build_deployment(META, spec(), config)["spec"]["template"]
+    after = build_deployment(META, spec(**ROLLING_CHANGES[change]), config)["spec"]["template"]
+    assert after != before
+
+
+def test_restart_hash_tracks_what_lives_only_in_the_configmap():
+    config = parse_config({})
+
+    def digest(**overrides):
+        template = build_deployment(META, spec(**overrides), config)["spec"]["template"]
+        return template["metadata"]["annotations"][RESTART_HASH_ANNOTATION]
+
+    assert digest() == digest(**HOT_CHANGES["adapter added"])
+    assert digest() != digest(**ROLLING_CHANGES["base model"])
+    assert digest() != digest(**ROLLING_CHANGES["storage endpoint"])
+    default_endpoint = build_deployment(META, spec(), parse_config(
+        {"storage": {"defaultEndpoint": "http://s3.local:9000"}}))["spec"]["template"]
+    assert default_endpoint["metadata"]["annotations"][RESTART_HASH_ANNOTATION] != digest()
