@@ -133,3 +133,14 @@ def test_configmap_edits_reach_a_running_pods_volume(cluster, tmp_path):
     running = kubelet.running[("default", "watcher")]
     mounted = running.config_volumes["spec"] / "spec.json"
     wait_for(lambda: mounted.read_text() == '{"x": 2}')
+
+
+def test_args_expand_env_references_and_bind_the_pods_own_address():
+    from kubetune.devenv.kubelet import expand_env_refs
+
+    env = {"POD_IP": "127.0.0.9", "PORT": "8000"}
+    assert expand_env_refs("--listen=$(POD_IP):$(PORT)", env) == "--listen=127.0.0.9:8000"
+    assert expand_env_refs("$$(POD_IP) $(UNSET)", env) == "$(POD_IP) $(UNSET)"
+    assert TestKubelet._own_address("0.0.0.0", "127.0.0.9") == "127.0.0.9"
+    assert TestKubelet._own_address("http://0.0.0.0:8080/healthz", "127.0.0.9") == "http://127.0.0.9:8080/healthz"
+    assert TestKubelet._own_address("10.0.0.1", "127.0.0.9") == "10.0.0.1"

@@ -23,6 +23,7 @@ import base64
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,17 @@ class NodeTemplate:
                 "allocatable": {"cpu": "2", "memory": "24Gi", "nvidia.com/gpu": "8"},
             },
         }
+
+
+def expand_env_refs(value: str, env: dict[str, str]) -> str:
+    """Kubernetes expands $(NAME) in command and args from the container's env; $$ escapes."""
+
+    def replace(match: re.Match) -> str:
+        if match.group(0).startswith("$$"):
+            return match.group(0)[1:]
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", replace, value)
 
 
 def tolerates(tolerations: list[dict], taint: dict) -> bool:
@@ -249,7 +261,10 @@ class TestKubelet:
         mounts[container.get("terminationMessagePath", TERMINATION_LOG)] = termination_log
         pod_ip = f"127.0.0.{next(self._ips)}"
         env = self._environment(pod, container, pod_ip, node_name, mounts, folder)
-        argv = [self._rewrite(a, mounts) for a in (container.get("command") or []) + (container.get("args") or [])]
+        argv = [
+            self._own_address(self._rewrite(expand_env_refs(a, env), mounts), pod_ip)
+            for a in (container.get("command") or []) + (container.get("args") or [])
+        ]
         argv = self._local_executable(argv)
         log_file = folder / "container.log"
         with open(log_file, "ab") as out:
@@ -356,6 +371,12 @@ class TestKubelet:
                 cm = self.api.get(CONFIGMAPS, ref["name"], namespace) or {}
                 env[item["name"]] = (cm.get("data") or {}).get(ref["key"], "")
         return env
+
+    @staticmethod
+    def _own_address(value: str, pod_ip: str) -> str:
+        """Pods here share the host's network; each gets its own loopback address, so a
+        server told to bind every interface binds that address instead (no port clashes)."""
+        return pod_ip if value == "0.0.0.0" else value.replace("0.0.0.0:", f"{pod_ip}:")
 
     @staticmethod
     def _rewrite(value: str, mounts: dict[str, Path]) -> str:
