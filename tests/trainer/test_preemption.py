@@ -56,7 +56,12 @@ def test_sigterm_at_four_points_then_same_adapter_as_uninterrupted(
 
     # 3. mid-step, past the periodic checkpoint at 8: the step in flight is finished
     third = start_trainer(body, tag="mid")
-    seen = third.wait_for(lambda p: p["step"] >= 11)["step"]
+    progress = third.wait_for(lambda p: p["step"] >= 11)
+    seen = progress["step"]
+    assert {"phase", "step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond",
+            "etaSeconds", "lastCheckpoint", "updatedAt"} <= set(progress)
+    assert progress["totalSteps"] == 24 and progress["tokensPerSecond"] > 0
+    assert progress["lastCheckpoint"]["uri"].endswith("/checkpoints/step-000000008")
     third.sigterm()
     code, summary = third.wait()
     assert_resumed_from(third, early_step)

@@ -72,3 +72,28 @@ def test_lora_on_chat_data_lowers_eval_loss(start_trainer, tiny_model, s3):
         Bucket=BUCKET, Key="runs/team-a/lora-chat/adapter/manifest.json")["Body"].read())
     assert manifest["method"]["type"] == "lora" and manifest["method"]["quantization"] is None
     assert adapter_tensors(s3.client(), "lora-chat")
+
+
+def test_base_model_and_packed_text_dataset_from_s3(start_trainer, tiny_model, s3):
+    client = s3.client()
+    for path in tiny_model.iterdir():
+        client.upload_file(str(path), BUCKET, f"models/tiny/{path.name}")
+    from conftest import REPO
+
+    client.upload_file(str(REPO / "examples/data/tiny-text.jsonl"), BUCKET, "data/text/a.jsonl")
+    body = job_spec(tiny_model, "from-s3", **{
+        "baseModel.uri": f"s3://{BUCKET}/models/tiny",
+        "dataset.uri": f"s3://{BUCKET}/data/text/",
+        "dataset.format": "text",
+        "training.packing": True,
+        "training.maxSteps": 6,
+    })
+    code, summary = start_trainer(body, tag="s3").wait()
+    assert code == 0, summary
+    assert summary["steps"] == 6 and summary["evalLoss"] < summary["initialEvalLoss"]
+    manifest = json.loads(client.get_object(
+        Bucket=BUCKET, Key="runs/team-a/from-s3/adapter/manifest.json")["Body"].read())
+    assert manifest["baseModel"] == {"uri": f"s3://{BUCKET}/models/tiny", "revision": None}
+    config = json.loads(client.get_object(
+        Bucket=BUCKET, Key="runs/team-a/from-s3/adapter/adapter_config.json")["Body"].read())
+    assert config["base_model_name_or_path"] == f"s3://{BUCKET}/models/tiny"

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .control import JobControl
 from .errors import TrainerError
 
 EXIT_OK = 0
@@ -56,7 +57,8 @@ def summary(outcome: dict) -> tuple[int, dict]:
 def write_termination(path: Path, body: dict) -> None:
     text = json.dumps(body, sort_keys=True, default=str)
     if len(text) > TERMINATION_LIMIT:
-        text = json.dumps({"result": body.get("result"), "message": str(body.get("message"))[:3000]})
+        short = {"result": body.get("result"), "message": str(body.get("message"))[:3000]}
+        text = json.dumps(short)
     try:
         path.write_text(text)
     except OSError as exc:
@@ -72,8 +74,11 @@ def install_sigterm(clock: dict) -> None:
     def handler(signum, frame) -> None:
         if "sigterm" not in clock:
             clock["sigterm"] = time.time()
-            if clock.get("control") is not None:
-                threading.Thread(target=clock["control"].request_stop, daemon=True).start()
+            control = clock.get("control")
+            if isinstance(control, JobControl):
+                control.request_stop()  # an Event.set: safe here, and seen at once
+            elif control is not None:
+                threading.Thread(target=control.request_stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
 

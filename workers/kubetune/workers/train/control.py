@@ -12,8 +12,12 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
-ACTOR_NAME = "kubetune-job-control"
 ACTOR_NAMESPACE = "kubetune"
+
+
+def actor_name(namespace: str, job: str) -> str:
+    """One control actor per job, so jobs sharing a Ray cluster never see each other's stop."""
+    return f"job-control/{namespace}/{job}"
 PROGRESS_FIELDS = (
     "phase", "step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond",
     "etaSeconds", "lastCheckpoint",
@@ -64,11 +68,11 @@ def _now() -> str:
 class RayControlClient:
     """The workers' view of the driver's JobControl actor (same methods, remote)."""
 
-    def __init__(self, actor=None) -> None:
+    def __init__(self, actor=None, name: str | None = None) -> None:
         import ray
 
         self._ray = ray
-        self._actor = actor or ray.get_actor(ACTOR_NAME, namespace=ACTOR_NAMESPACE)
+        self._actor = actor or ray.get_actor(name, namespace=ACTOR_NAMESPACE)
 
     def request_stop(self) -> None:
         self._ray.get(self._actor.request_stop.remote())
@@ -89,12 +93,13 @@ class RayControlClient:
         return self._ray.get(self._actor.outcome.remote())
 
 
-def start_control_actor():
-    """Create the named actor holding this run's JobControl (driver side)."""
+def start_control_actor(name: str):
+    """Create the named actor holding this run's JobControl (driver side); it lives as
+    long as the driver, so a restarted driver starts with a fresh stop flag."""
     import ray
 
     actor_class = ray.remote(num_cpus=0)(JobControl)
     actor = actor_class.options(
-        name=ACTOR_NAME, namespace=ACTOR_NAMESPACE, lifetime=None, max_concurrency=8
+        name=name, namespace=ACTOR_NAMESPACE, lifetime=None, max_concurrency=8
     ).remote()
     return RayControlClient(actor)

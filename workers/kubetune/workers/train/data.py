@@ -17,7 +17,9 @@ from .errors import DatasetError
 
 IGNORE_INDEX = -100
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = (
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ def parse_jsonl(text: str, source: str) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"dataset {source} line {number}: not valid JSON ({exc.msg})") from None
+            where = f"dataset {source} line {number}"
+            raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise DatasetError(f"dataset {source} line {number}: expected a JSON object")
         rows.append((number, row))

@@ -188,7 +188,7 @@ def train_loop(config: dict, control=None) -> dict:
     from .session import TrainingSession
 
     if control is None:
-        control = RayControlClient()
+        control = RayControlClient(name=config["controlActor"])
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         import torch

@@ -7,11 +7,14 @@ control, serves /progress from it and turns SIGTERM into `request_stop()`.
 from __future__ import annotations
 
 import logging
+import os
 
-from .control import JobControl, start_control_actor
+from . import rayhead
+from .control import JobControl, actor_name, start_control_actor
 from .loop import train_loop
 
 log = logging.getLogger("kubetune.train")
+WAIT_FOR_WORKERS_SECONDS = 900.0
 
 
 def loop_config(job, started_at: float, control_kind: str) -> dict:
@@ -22,6 +25,7 @@ def loop_config(job, started_at: float, control_kind: str) -> dict:
         "job": job.name,
         "startedAt": started_at,
         "control": control_kind,
+        "controlActor": actor_name(job.namespace, job.name),
         "useGpu": spec.resources.gpus_per_worker > 0,
     }
 
@@ -46,17 +50,34 @@ class RayRun:
     def __init__(self, job, started_at: float, address: str | None) -> None:
         import ray
 
-        ray.init(address=address, namespace="kubetune", log_to_driver=True,
-                 include_dashboard=False, configure_logging=False)
+        self.head = None
+        head_port = os.environ.get(rayhead.HEAD_PORT_ENV)
+        if address is None and head_port:
+            self.head = rayhead.RayHead(int(head_port))
+            try:
+                self.head.connect(ray)
+            except BaseException:
+                self.head.stop()
+                raise
+        else:
+            ray.init(address=address, namespace="kubetune", log_to_driver=True,
+                     include_dashboard=False, configure_logging=False)
         self.job = job
-        self.control = start_control_actor()
         self.config = loop_config(job, started_at, "ray")
+        self.control = start_control_actor(self.config["controlActor"])
 
     def run(self) -> dict:
         import torch
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
+        import ray
+
+        worker_pods = int(os.environ.get(rayhead.WORKER_PODS_ENV) or 0)
+        if worker_pods and not rayhead.wait_for_nodes(ray, 1 + worker_pods, self.control,
+                                                      WAIT_FOR_WORKERS_SECONDS):
+            return {"status": "preempted", "steps": 0, "checkpoint": None,
+                    "wroteCheckpoint": False}
         resources = self.job.spec.resources
         use_gpu = resources.gpus_per_worker > 0 and torch.cuda.is_available()
         trainer = TorchTrainer(
@@ -65,7 +86,7 @@ class RayRun:
             scaling_config=ScalingConfig(
                 num_workers=resources.workers,
                 use_gpu=use_gpu,
-                resources_per_worker={"GPU": resources.gpus_per_worker} if use_gpu else None,
+                resources_per_worker=({"GPU": resources.gpus_per_worker} if use_gpu else None),
             ),
             run_config=RunConfig(
                 name=f"{self.job.namespace}-{self.job.name}",
@@ -87,6 +108,8 @@ class RayRun:
         import ray
 
         ray.shutdown()
+        if self.head is not None:
+            self.head.stop()
 
 
 class WorkerFailure(RuntimeError):

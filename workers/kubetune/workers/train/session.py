@@ -31,7 +31,9 @@ class TrainingSession:
         self.worker = worker
         self.workdir = workdir
         self.spec = parse_spec(FineTuneJobSpec, config["spec"])
-        self.location = storage.JobLocation(self.spec.output.uri, config["namespace"], config["job"])
+        self.location = storage.JobLocation(
+            self.spec.output.uri, config["namespace"], config["job"]
+        )
         self.started = config.get("startedAt") or time.time()
         self.run_state = RunState()
         self.timings = {"checkpointSeconds": 0.0, "trainSeconds": 0.0, "firstStepSeconds": None}
@@ -60,14 +62,14 @@ class TrainingSession:
         self.report(phase="Training")
         while self.run_state.step < self.total_steps:
             self.step_once()
-            if self.stop_now():
-                if self.last_checkpoint is None or self.last_checkpoint["step"] != self.run_state.step:
-                    self.checkpoint()
-                return self.preempted(wrote_checkpoint=True)
-            if self.run_state.step % self.spec.spot.checkpoint_interval_steps == 0 and \
-                    self.run_state.step < self.total_steps:
+            step = self.run_state.step
+            if step % self.spec.spot.checkpoint_interval_steps == 0 and step < self.total_steps:
                 self.run_state.eval_loss = self.evaluate()
                 self.checkpoint()
+            if self.stop_now():
+                if self.last_checkpoint is None or self.last_checkpoint["step"] != step:
+                    self.checkpoint()
+                return self.preempted(wrote_checkpoint=True)
         return self.finish()
 
     def prepare(self) -> None:
@@ -78,7 +80,9 @@ class TrainingSession:
         self.tokenizer = modeling.load_tokenizer(model_dir, spec)
         text = sources.read_dataset(spec.dataset.uri, self.client)
         rows = datamod.parse_jsonl(text, spec.dataset.uri)
-        train_idx, eval_idx = datamod.split_rows(len(rows), spec.dataset.eval_fraction, training.seed)
+        train_idx, eval_idx = datamod.split_rows(
+            len(rows), spec.dataset.eval_fraction, training.seed
+        )
 
         def build(indices):
             picked = [rows[i] for i in indices]
@@ -111,7 +115,9 @@ class TrainingSession:
                                          self.scheduler)
         self.run_state = RunState.from_json(body)
         if self.run_state.step != step:
-            raise ValueError(f"checkpoint {prefix}: trainer_state step {self.run_state.step} != {step}")
+            raise ValueError(
+                f"checkpoint {prefix}: trainer_state step {self.run_state.step} != {step}"
+            )
         self.last_checkpoint = {"step": step, "uri": str(prefix)}
         self.report(step=step, lastCheckpoint=self.last_checkpoint,
                     evalLoss=self.run_state.eval_loss)

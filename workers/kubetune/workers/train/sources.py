@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..objectstore import ObjectStoreError, S3Uri, download_prefix, get_bytes, list_keys
+from ..objectstore import ObjectStoreError, S3Uri, download_prefix, exists, get_bytes, list_keys
 from .errors import DatasetError, ModelSourceError
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
@@ -56,7 +56,11 @@ def read_dataset(uri: str, client_factory) -> str:
                 raise DatasetError(f"dataset {uri}: no .jsonl objects under the prefix")
             parts = [get_bytes(client, S3Uri(src.bucket, k)) for k in keys]
         else:
+            if not exists(client, src):  # a missing key is no transient fault: fail at once
+                raise DatasetError(f"dataset {uri}: NoSuchKey")
             parts = [get_bytes(client, src)]
+    except DatasetError:
+        raise
     except ObjectStoreError as exc:
         raise DatasetError(f"dataset {uri}: {_s3_reason(exc)}") from exc
     except Exception as exc:  # botocore raises non-retryable ClientErrors (NoSuchKey) as is
@@ -92,13 +96,15 @@ def model_directory(uri: str, revision: str | None, client_factory, cache_dir: P
         except Exception as exc:
             raise ModelSourceError(f"baseModel {uri}: {_s3_reason(exc)}") from exc
         if not (dest / "config.json").is_file():
-            found = len(written)
-            raise ModelSourceError(f"baseModel {uri}: no config.json under the prefix ({found} files)")
+            raise ModelSourceError(
+                f"baseModel {uri}: no config.json under the prefix ({len(written)} files)"
+            )
         return str(dest)
     if uri.startswith("hf://"):
         if hub_offline():
             raise ModelSourceError(
-                f"baseModel {uri}: the hub is offline (HF_HUB_OFFLINE); use s3://, pvc:// or file://"
+                f"baseModel {uri}: the hub is offline (HF_HUB_OFFLINE); "
+                "use s3://, pvc:// or file://"
             )
         return uri[len("hf://") :]
     raise ModelSourceError(f"baseModel {uri}: unsupported scheme")

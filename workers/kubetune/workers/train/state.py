@@ -37,7 +37,8 @@ def optimizer_to_files(optimizer, directory: Path) -> None:
             else:
                 scalars[f"{index}.{name}"] = value
     save_file(tensors, str(directory / OPTIMIZER_TENSORS))
-    _write_json(directory / OPTIMIZER_JSON, {"paramGroups": state["param_groups"], "scalars": scalars})
+    body = {"paramGroups": state["param_groups"], "scalars": scalars}
+    _write_json(directory / OPTIMIZER_JSON, body)
 
 
 def optimizer_from_files(optimizer, directory: Path) -> None:
