@@ -80,7 +80,7 @@ def with_retries(
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    permanent = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+    permanent = {"NoSuchBucket", "NoSuchKey", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
     last: Exception | None = None
     for attempt in range(attempts):
         try:
