@@ -14,7 +14,7 @@ from kubetune.api import FineTuneJobSpec, SpecError, parse_spec
 
 from .builders import JobMeta
 from .builders.meta import object_meta
-from .builders.pods import TERMINATION_MESSAGE_PATH, _container_security
+from .builders.pods import RUN_AS_UID, TERMINATION_MESSAGE_PATH, _container_security
 from .builders.storage_env import service_account_name, storage_env
 from .config import OperatorConfig
 from .kube import PODS, Kube
@@ -23,7 +23,7 @@ from .pod_state import main_container_status, sanitize_message
 
 MAX_CLEANUP_TRIES = 3
 CLEANUP_COMPONENT = "checkpoint-cleanup"
-RUN_AS = 65532
+
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def build_cleanup_pod(job: JobMeta, spec: FineTuneJobSpec, config: OperatorConfi
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_UID, "runAsGroup": RUN_AS_UID,
+                            "fsGroup": RUN_AS_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }

@@ -13,6 +13,7 @@ A restart between any two steps finds the status ahead of the pods and just cont
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,12 +25,13 @@ from . import progress as progress_mod
 from .builders import JobMeta, build_children
 from .conditions import job_conditions, status_patch
 from .config import OperatorConfig
-from .kube import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SERVICES, Kube, KubeError
+from .kube import FINETUNEJOBS, NODES, PODS, Kube, KubeError
 from .metrics import METRICS, Metrics
 from .naming import LABEL_ATTEMPT, head_pod_name, selector_labels
 from .pod_state import PodState, attempt_state, classify_missing_pod, classify_pod, parse_time
 from .recovery import Decision, RecoveryState, add_gpu_seconds, decide, pod_gpu_interval
 
+log = logging.getLogger("kubetune.operator")
 TERMINAL = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
 Emit = Callable[[dict, str, str, str], None]
@@ -91,8 +93,8 @@ class FineTuneService:
         try:
             job = JobMeta.from_meta(meta)
             spec = parse_spec(FineTuneJobSpec, body.get("spec"))
-            children = build_children(job, spec, self.config, status.attempt or 1,
-                                      status.capacity_type or RecoveryState.initial(spec).capacity_type)
+            capacity = status.capacity_type or RecoveryState.initial(spec).capacity_type
+            children = build_children(job, spec, self.config, status.attempt or 1, capacity)
         except SpecError as exc:
             self._refuse(body, status, str(exc))
             raise SpecRefused(str(exc)) from None
@@ -118,7 +120,7 @@ class FineTuneService:
         if not current and not started:
             return self._start_attempt(body, job, status, state, children, blocked=bool(stale))
         if sync:
-            self._ensure(job, [c for c in children if c["kind"] != "Pod"])
+            self._ensure(job, [c for c in children if c["kind"] != "Pod"], likely_exist=True)
         outcome, by_name = self._observe(wanted_pods, current)
         if outcome.kind == "Preempted" and not outcome.terminated:
             return self._drain(body, job, status, state, outcome, current)
@@ -143,13 +145,10 @@ class FineTuneService:
         new = self._base_status(body, status, "Scheduling", "PodsCreated", message, state)
         return self._commit(body, status, new, None)
 
-    def _ensure(self, job: JobMeta, children: list[dict]) -> None:
-        """Create-or-patch-on-diff; pods are only ever created (their spec is immutable)."""
+    def _ensure(self, job: JobMeta, children: list[dict], likely_exist: bool = False) -> None:
+        """Create each child, or patch what drifted on an existing one."""
         for child in children:
-            kind = {"ConfigMap": CONFIGMAPS, "Service": SERVICES, "Pod": PODS}[child["kind"]]
-            actual = self.kube.get(kind, child["metadata"]["name"], job.namespace) \
-                if child["kind"] != "Pod" else None
-            self.kube.ensure(child, actual)
+            self.kube.ensure(child, likely_exists=likely_exist)
 
     def _observe(self, wanted_pods: list[dict], current: list[dict]):
         """One PodState for the attempt: head plus workers, missing ones counted as lost."""
@@ -172,12 +171,9 @@ class FineTuneService:
         return attempt_state(states[0], states[1:]), by_name
 
     def _drain(self, body, job, status, state, outcome: PodState, current: list[dict]):
-        """A preempted attempt whose pods still run: they are checkpointing. On a node
-        with an interruption taint nothing will stop them, so ask them to (SIGTERM)."""
-        if outcome.reason == "SpotInterruption":
-            for pod in current:
-                if not pod["metadata"].get("deletionTimestamp"):
-                    self.kube.delete(PODS, pod["metadata"]["name"], job.namespace)
+        """A preempted attempt whose pods still run: they are saving a checkpoint (or, on
+        a node with an interruption taint, about to be drained by the cloud's handler).
+        Nothing is counted until they stopped; the next attempt must not race them."""
         message = f"preempted ({outcome.reason}); waiting for the pods to save a checkpoint"
         new = self._base_status(body, status, "Recovering", outcome.reason, message, state)
         return self._commit(body, status, new, None)
@@ -241,9 +237,9 @@ class FineTuneService:
                                            size_bytes=adapter.get("sizeBytes"))
         steps = summary.get("steps") if isinstance(summary, dict) else None
         if isinstance(steps, int) and steps > 0:
-            done = progress_mod.to_progress({"step": steps, "totalSteps": steps, "phase": "Succeeded",
-                                             "loss": summary.get("trainLoss"),
-                                             "evalLoss": summary.get("evalLoss")})
+            done = progress_mod.to_progress({
+                "step": steps, "totalSteps": steps, "phase": "Succeeded",
+                "loss": summary.get("trainLoss"), "evalLoss": summary.get("evalLoss")})
             update["progress"] = done.model_copy(update={"updated_at": now})
         return new.model_copy(update=update)
 
@@ -272,6 +268,9 @@ class FineTuneService:
                 return Result(old.phase, conflict=True, retry_after=1.0)
             raise
         self.metrics.inc("status_writes_total")
+        log.info("%s/%s: %s (attempt %s, recoveries %s, error retries %s): %s",
+                 meta["namespace"], meta["name"], new.phase, new.attempt, new.recoveries,
+                 new.error_retries, new.message)
         self._announce(body, old, new, decision, reason)
         return Result(new.phase, wrote_status=True)
 

@@ -45,6 +45,13 @@ class Runtime:
         with cls._guard:
             return cls._locks.setdefault(uid, threading.Lock())
 
+    @classmethod
+    def forget(cls, uid: str) -> None:
+        """The job is gone: drop its lock and cleanup count."""
+        with cls._guard:
+            cls._locks.pop(uid, None)
+            cls.failed_cleanups.pop(uid, None)
+
 
 def post_event(body: dict, kind: str, reason: str, message: str) -> None:
     kopf.event(body, type=kind, reason=reason, message=message)
@@ -87,6 +94,9 @@ def _reconcile(body, sync_children: bool) -> Result | None:
     except KubeError as exc:
         METRICS.inc("errors_total")
         raise kopf.TemporaryError(f"API error, will retry: {exc}", delay=5) from None
+    except Exception:
+        METRICS.inc("errors_total")  # Kopf logs it and retries the handler
+        raise
     finally:
         lock.release()
 
@@ -95,15 +105,15 @@ def _reconcile(body, sync_children: bool) -> Result | None:
 @kopf.on.create(*RESOURCE, registry=registry)
 @kopf.on.update(*RESOURCE, field="spec", registry=registry)
 def reconcile(body, **_) -> None:
+    """A status write lost to a concurrent change (409) is not retried here: the
+    children are in place and the next timer tick decides again from fresh state."""
     try:
-        result = _reconcile(body, sync_children=True)
+        _reconcile(body, sync_children=True)
     except SpecRefused as exc:
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
-    if result is not None and result.conflict:
-        raise kopf.TemporaryError("the job changed meanwhile; reconciling again", delay=1)
 
 
-@kopf.timer(*RESOURCE, interval=INTERVAL, registry=registry)
+@kopf.timer(*RESOURCE, interval=INTERVAL, initial_delay=INTERVAL, registry=registry)
 def tick(body, **_) -> None:
     try:
         _reconcile(body, sync_children=False)
@@ -120,11 +130,12 @@ def delete(body, retry: int, **_) -> None:
         Runtime.failed_cleanups[uid] = Runtime.failed_cleanups.get(uid, 0) + 1
         kopf.warn(body, reason="CheckpointCleanupFailed", message=outcome.warning)
     if outcome.done:
-        Runtime.failed_cleanups.pop(uid, None)
+        Runtime.forget(uid)
         return
     if retry >= MAX_DELETE_RETRIES:
         kopf.warn(body, reason="CheckpointCleanupAbandoned",
                   message="checkpoint cleanup did not finish; the checkpoints were kept")
+        Runtime.forget(uid)
         return
     raise kopf.TemporaryError("waiting for the checkpoint cleanup pod", delay=outcome.retry_after)
 
@@ -134,3 +145,9 @@ def _plain(body) -> dict:
     import copy
 
     return copy.deepcopy(dict(body))
+
+
+# ModelServe's handlers run in the same operator process, on the same registry.
+from .modelserve.handlers import register as _register_modelserve  # noqa: E402
+
+_register_modelserve(registry)

@@ -87,7 +87,10 @@ def drift_patch(desired: dict, actual: dict) -> dict | None:
         for key in path:
             wanted, have = (wanted or {}).get(key), (have or {}).get(key)
         if wanted is not None and not is_subset(wanted, have):
-            patch.setdefault(path[0], {})[path[1]] = wanted
+            target = patch
+            for key in path[:-1]:
+                target = target.setdefault(key, {})
+            target[path[-1]] = wanted
     return patch or None
 
 
@@ -161,13 +164,20 @@ class Kube:
             raise
         return True
 
-    def ensure(self, desired: dict, actual: dict | None) -> str:
-        """Create `desired` when `actual` is None, patch our fields only when they drifted.
-        Returns what happened: created / exists / patched / unchanged."""
+    def ensure(self, desired: dict, likely_exists: bool = False) -> str:
+        """Create `desired`, or patch our fields of the existing object only if they
+        drifted (pod specs are immutable: pods get labels at most). `likely_exists`
+        picks the cheaper order: GET first, else POST first (409 = already there).
+        Returns what happened: created / patched / unchanged."""
         kind = KINDS_BY_OBJECT[desired["kind"]]
         meta = desired["metadata"]
+        actual = self.get(kind, meta["name"], meta.get("namespace")) if likely_exists else None
         if actual is None:
-            return "created" if self.create(kind, desired) else "exists"
+            if self.create(kind, desired):
+                return "created"
+            actual = self.get(kind, meta["name"], meta.get("namespace"))
+            if actual is None:  # deleted in between: the next reconcile creates it
+                return "unchanged"
         patch = drift_patch(desired, actual)
         if patch is None:
             return "unchanged"

@@ -140,7 +140,9 @@ def _pending(
     spec: FineTuneJobSpec, state: RecoveryState, outcome: PodState, now: datetime
 ) -> Decision:
     waited = (now - outcome.pending_since).total_seconds() if outcome.pending_since else 0.0
-    detail = f"pods pending ({outcome.reason}) for {int(waited)}s"
+    # No elapsed time in the message: it would change the status on every reconcile.
+    # How long the job has waited shows in the conditions' lastTransitionTime.
+    detail = f"pods pending ({outcome.reason})"
     if outcome.message:
         detail += f": {outcome.message}"
     strategy = STRATEGIES[spec.spot.strategy]

@@ -29,7 +29,7 @@ from .storage_env import service_account_name, storage_env
 TRAINER_CONTAINER = "trainer"
 WORKER_CONTAINER = "ray-worker"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-RUN_AS_UID = 1000
+RUN_AS_UID = 65532  # the images' user (images/*.Dockerfile)
 CACHE_DIR = "/var/cache/kubetune"
 GRACE_MARGIN_SECONDS = 5
 
@@ -152,6 +152,8 @@ def trainer_command(job: JobMeta, config: OperatorConfig) -> list[str]:
         job.name,
         "--status-port",
         str(config.trainer_status_port),
+        "--termination-log",
+        TERMINATION_MESSAGE_PATH,
     ]
 
 

@@ -1,0 +1,257 @@
+"""The reconcile service against the emulated API server over HTTP, with no kubelet: pod
+states are written by the test the way a kubelet would, so each decision is checked."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ftj_harness import NAMESPACE, SPOT, finetunejob
+
+from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SERVICES
+from kubetune.operator.config import OperatorConfig
+from kubetune.operator.finalizer import Finalizer
+from kubetune.operator.finetune_service import FineTuneService, SpecRefused
+from kubetune.operator.kube import Kube, new_api_client
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def env(cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    kube = Kube(new_api_client())
+    events: list[tuple] = []
+    clock = Clock()
+    polls: list[dict] = []
+    service = FineTuneService(kube, OperatorConfig(trainer_status_port=18080),
+                              emit=lambda body, kind, reason, message: events.append(
+                                  (kind, reason, message)),
+                              now=clock, poll=lambda pod, port: polls[-1] if polls else None)
+    return cluster, kube, service, events, clock, polls
+
+
+def apply(cluster, name="svc", **overrides) -> dict:
+    body = finetunejob(name, "/models/tiny", "http://127.0.0.1:9", **overrides)
+    body["spec"]["baseModel"]["uri"] = "file:///models/tiny"
+    return cluster.api.create(FINETUNEJOBS, body, NAMESPACE)
+
+
+def run_pod(cluster, name: str, node="spot-1", started="2026-11-01T12:00:05Z") -> None:
+    cluster.api.patch(PODS, name, {"spec": {"nodeName": node}}, NAMESPACE)
+    cluster.api.patch(PODS, name, {"status": {
+        "phase": "Running", "podIP": "127.0.0.9", "startTime": started,
+        "containerStatuses": [{"name": "trainer", "state": {"running": {"startedAt": started}}}],
+    }}, NAMESPACE, sub="status")
+
+
+def end_pod(cluster, name: str, code: int, message: str, disrupted=False) -> None:
+    conditions = [{"type": "DisruptionTarget", "status": "True",
+                   "reason": "TerminationByKubelet"}] if disrupted else []
+    cluster.api.patch(PODS, name, {"status": {
+        "phase": "Succeeded" if code == 0 else "Failed", "conditions": conditions,
+        "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+            "exitCode": code, "message": message, "startedAt": "2026-11-01T12:00:05Z",
+            "finishedAt": "2026-11-01T12:01:05Z"}}}],
+    }}, NAMESPACE, sub="status")
+
+
+def reconcile(cluster, service, name="svc", sync=False):
+    return service.reconcile(cluster.job(name), sync_children=sync)
+
+
+def test_creates_children_once_with_owner_refs_then_writes_nothing_when_unchanged(env):
+    cluster, kube, service, events, clock, _ = env
+    job = apply(cluster)
+    result = reconcile(cluster, service, sync=True)
+    assert result.wrote_status and result.phase == "Scheduling"
+    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    assert head["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "1"
+    assert head["spec"]["securityContext"]["runAsUser"] == 65532
+    assert cluster.api.get(CONFIGMAPS, "svc-spec", NAMESPACE) is not None
+    assert cluster.api.get(SERVICES, "svc-head", NAMESPACE) is not None
+    status = cluster.status("svc")
+    assert status["attempt"] == 1 and status["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Reconciling"] == "True"
+
+    reconcile(cluster, service)  # observes Pending once: message moves to pods pending
+    before = dict(kube.requests)
+    result = reconcile(cluster, service, sync=True)
+    spent = {verb: kube.requests[verb] - before.get(verb, 0) for verb in kube.requests}
+    assert not result.wrote_status
+    assert spent.get("POST", 0) == 0 and spent.get("PATCH", 0) == 0  # nothing re-created
+    assert len([p for p in cluster.pods() if p["metadata"]["name"] == "svc-head"]) == 1
+
+
+def test_configmap_is_patched_only_when_the_spec_changed(env):
+    cluster, kube, service, *_ = env
+    apply(cluster)
+    reconcile(cluster, service, sync=True)
+    cluster.api.patch(FINETUNEJOBS, "svc", {"spec": {"spot": {"maxRecoveries": 4}}}, NAMESPACE)
+    before = kube.requests["PATCH"]
+    reconcile(cluster, service, sync=True)
+    data = cluster.api.get(CONFIGMAPS, "svc-spec", NAMESPACE)["data"]["spec.json"]
+    assert '"maxRecoveries": 4' in data
+    assert kube.requests["PATCH"] - before == 2  # the ConfigMap and the status
+    assert cluster.status("svc")["observedGeneration"] == 2
+
+
+def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
+    cluster, kube, service, events, clock, polls = env
+    apply(cluster)
+    reconcile(cluster, service, sync=True)
+    cluster.api.create(NODES, {"metadata": {"name": "spot-1", "labels": SPOT}})
+    run_pod(cluster, "svc-head")
+    polls.append({"phase": "Training", "step": 6, "totalSteps": 12, "loss": 2.5,
+                  "lastCheckpoint": {"step": 4, "uri": "s3://b/c/step-4"},
+                  "updatedAt": "2026-11-01T12:00:30Z"})
+    assert reconcile(cluster, service).phase == "Running"
+    assert cluster.status("svc")["progress"]["display"] == "6/12 (50%)"
+
+    end_pod(cluster, "svc-head", 75, '{"result": "Preempted", "steps": 7, '
+            '"checkpoint": {"step": 7, "uri": "s3://b/c/step-7"}}', disrupted=True)
+    result = reconcile(cluster, service)
+    status = cluster.status("svc")
+    assert result.phase == "Recovering"
+    assert (status["recoveries"], status["errorRetries"], status["attempt"]) == (1, 0, 2)
+    assert status["lastCheckpoint"]["step"] == 7
+    assert status["nextAttemptAfter"].startswith("2026-11-01T12:00:01")
+    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None  # the ended attempt's pod
+    assert ("Normal", "Preempted") in [(kind, reason) for kind, reason, _ in events]
+
+    assert reconcile(cluster, service).retry_after is not None  # backoff: not yet
+    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None
+    clock.advance(2)
+    assert reconcile(cluster, service).wrote_status
+    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
+    # A second look at the same state counts nothing twice.
+    reconcile(cluster, service)
+    assert cluster.status("svc")["recoveries"] == 1
+
+    run_pod(cluster, "svc-head", started="2026-11-01T12:02:00Z")
+    polls.append({"phase": "Training", "step": 7, "totalSteps": 12,
+                  "lastCheckpoint": {"step": 7, "uri": "s3://b/c/step-7"},
+                  "updatedAt": "2026-11-01T12:02:10Z"})
+    reconcile(cluster, service)
+    assert cluster.status("svc")["lostSteps"] == 0
+
+
+def test_backoff_delays_the_next_attempt(env):
+    cluster, kube, service, events, clock, polls = env
+    apply(cluster, **{"spot.backoff": {"initialSeconds": 30, "maxSeconds": 60}})
+    reconcile(cluster, service, sync=True)
+    run_pod(cluster, "svc-head")
+    end_pod(cluster, "svc-head", 75, "{}")
+    reconcile(cluster, service)
+    result = reconcile(cluster, service)
+    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None
+    assert result.retry_after is not None and 28 <= result.retry_after <= 30
+    clock.advance(31)
+    reconcile(cluster, service)
+    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is not None
+
+
+def test_error_uses_the_error_budget_and_fails_naming_the_cause(env):
+    cluster, kube, service, events, clock, polls = env
+    apply(cluster)
+    reconcile(cluster, service, sync=True)
+    for attempt in (1, 2):
+        run_pod(cluster, "svc-head")
+        end_pod(cluster, "svc-head", 1, '{"result": "Failed", "message": '
+                '"dataset file:///nope.jsonl: no such file"}')
+        reconcile(cluster, service)
+        clock.advance(5)
+        reconcile(cluster, service)
+    status = cluster.status("svc")
+    assert status["phase"] == "Failed"
+    assert (status["recoveries"], status["errorRetries"]) == (0, 1)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "no such file" in failed["message"]
+    assert events[-1][0] == "Warning"
+
+
+def test_stale_view_cannot_count_a_preemption_twice(env):
+    cluster, kube, service, *_ = env
+    apply(cluster)
+    reconcile(cluster, service, sync=True)
+    run_pod(cluster, "svc-head")
+    end_pod(cluster, "svc-head", 75, "{}", disrupted=True)
+    stale = cluster.job("svc")
+    assert service.reconcile(stale).wrote_status
+    again = service.reconcile(stale)  # same old body: the write is refused (409)
+    assert again.conflict and cluster.status("svc")["recoveries"] == 1
+
+
+def test_invalid_spec_creates_nothing_and_names_the_field(bare_cluster, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(bare_cluster.kubeconfig))
+    events = []
+    service = FineTuneService(Kube(), OperatorConfig(), emit=lambda *a: events.append(a[1:]))
+    body = finetunejob("bad", "/m", "http://127.0.0.1:9")
+    body["spec"]["training"]["learningRate"] = -1
+    bare_cluster.api.create(FINETUNEJOBS, body, NAMESPACE)
+    with pytest.raises(SpecRefused, match="spec.training.learningRate"):
+        service.reconcile(bare_cluster.job("bad"))
+    status = bare_cluster.status("bad")
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "spec.training.learningRate" in stalled["message"]
+    assert bare_cluster.pods() == []
+    assert events == [("Warning", "InvalidSpec", status["message"])]
+
+
+def test_finalizer_runs_a_cleanup_pod_and_gives_up_after_bounded_failures(env):
+    cluster, kube, *_ = env
+    job = apply(cluster)
+    finalizer = Finalizer(kube, OperatorConfig())
+    tries, outcome = 0, None
+    for _ in range(10):
+        outcome = finalizer.finalize(job, tries)
+        if outcome.done:
+            break
+        pod = cluster.api.get(PODS, "svc-cleanup", NAMESPACE)
+        assert pod["spec"]["containers"][0]["command"][-1] == \
+            f"s3://ftj-out/runs/{NAMESPACE}/svc/checkpoints/"
+        env_names = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env_names
+        cluster.api.patch(PODS, "svc-cleanup", {"status": {"phase": "Failed"}}, NAMESPACE,
+                          sub="status")
+        outcome = finalizer.finalize(job, tries)
+        tries += 1
+        if outcome.done:
+            break
+    assert outcome.done and "NOT deleted" in outcome.warning and tries == 3
+
+
+def test_spot_pods_pending_too_long_fall_back_to_on_demand(env):
+    cluster, kube, service, events, clock, polls = env
+    apply(cluster, **{"spot.strategy": "FallbackToOnDemand",
+                      "spot.fallbackAfterPendingSeconds": 60})
+    reconcile(cluster, service, sync=True)
+    created = cluster.api.get(PODS, "svc-head", NAMESPACE)["metadata"]["creationTimestamp"]
+    clock.now = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    cluster.api.patch(PODS, "svc-head", {"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}},
+        NAMESPACE, sub="status")
+    assert reconcile(cluster, service).phase == "Scheduling"
+    clock.advance(61)
+    assert reconcile(cluster, service).phase == "Recovering"
+    status = cluster.status("svc")
+    assert (status["capacityType"], status["attempt"], status["recoveries"]) == \
+        ("on-demand", 2, 0)
+    assert ("Normal", "FallbackToOnDemand") in [(kind, reason) for kind, reason, _ in events]
+    reconcile(cluster, service)
+    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    assert head["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "on-demand"}
+    assert head["metadata"]["labels"]["kubetune.dev/capacity-type"] == "on-demand"
