@@ -16,7 +16,6 @@ from kubetune.operator.recovery import (
     backoff_delay,
     decide,
     lost_steps,
-    lost_steps_of,
     pod_gpu_interval,
 )
 
@@ -311,14 +310,6 @@ def test_backoff_is_exponential_and_bounded(initial, maximum, counts, delays):
 )
 def test_lost_steps(done, checkpoint, expected):
     assert lost_steps(done, checkpoint) == expected
-
-
-def test_lost_steps_prefer_the_trainer_summary():
-    outcome = PodState(
-        "Preempted", "CheckpointedOnSigterm", summary={"step": 130, "checkpointStep": 130}
-    )
-    assert lost_steps_of(outcome, progress_step=120, checkpoint_step=100) == 0
-    assert lost_steps_of(PREEMPTED, progress_step=120, checkpoint_step=100) == 20
 
 
 def gpu_pod(capacity: str, gpus: int, start: str, finish: str | None) -> dict:

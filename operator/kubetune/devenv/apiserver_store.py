@@ -213,7 +213,9 @@ class ObjectStore:
         while self._gc_pending:
             gone_uid = self._gc_pending.pop(0)
             for storage_key, objects in list(self._objects.items()):
-                rtype = self._types_by_key[storage_key]
+                rtype = self._types_by_key.get(storage_key)
+                if rtype is None:  # an empty bucket a read created; nothing to collect there
+                    continue
                 for obj in list(objects.values()):
                     refs = obj["metadata"].get("ownerReferences") or []
                     if not any(ref.get("uid") == gone_uid for ref in refs):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,16 @@ def demo_modelserve(model_dir: Path) -> dict:
     return body
 
 
+def show_changes(stack: EmbeddedStack, kind: str, last: list[str] | None) -> list[str]:
+    """Print `kubectl get <kind>` whenever a column other than AGE changes."""
+    lines = stack.kubectl("get", kind, "-n", NAMESPACE).splitlines()
+    columns = [" ".join(line.split()[:-1]) for line in lines]
+    if columns != last:
+        for line in (lines[1:] if last else lines):
+            say(f"kubectl get {kind}: {' '.join(line.split())}")
+    return columns
+
+
 def job_status(stack: EmbeddedStack) -> dict:
     return (stack.api.get(FINETUNEJOBS, JOB, NAMESPACE) or {}).get("status") or {}
 
@@ -77,12 +88,9 @@ def head_pod(stack: EmbeddedStack) -> dict | None:
 def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> dict:
     """Print a line whenever `kubectl get ftj` changes; preempt once at step >= preempt_at."""
     deadline = time.monotonic() + timeout
-    last_line, preempted = "", False
+    last_columns, preempted = None, False
     while time.monotonic() < deadline:
-        line = stack.kubectl("get", "ftj", JOB, "-n", NAMESPACE, "--no-headers").strip()
-        if line != last_line:
-            say(f"kubectl get ftj: {' '.join(line.split())}")
-            last_line = line
+        last_columns = show_changes(stack, "ftj", last_columns)
         status = job_status(stack)
         step = ((status.get("progress") or {}).get("step")) or 0
         pod = head_pod(stack)
@@ -99,12 +107,9 @@ def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> di
 
 def wait_serve_ready(stack: EmbeddedStack, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
-    last = ""
+    last = None
     while time.monotonic() < deadline:
-        line = stack.kubectl("get", "ms", SERVE, "-n", NAMESPACE, "--no-headers").strip()
-        if line != last:
-            say(f"kubectl get ms: {' '.join(line.split())}")
-            last = line
+        last = show_changes(stack, "ms", last)
         status = (stack.api.get(MODELSERVES, SERVE, NAMESPACE) or {}).get("status") or {}
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
         if ready:
@@ -150,6 +155,8 @@ def run(max_steps: int, timeout: float) -> int:
         prompt = "Add the numbers. 3 and 4"
         answer, latency = chat(stack, prompt)
         say(f"chat completion from adapter {JOB!r}: {prompt!r} -> {answer!r} ({latency * 1000:.0f} ms)")
+        say("(a 2-layer randomly initialised model after a minute of training: the text is not meant to "
+            "be sensible; the point is the path apply -> train -> preempt -> resume -> adapter -> serve)")
         progress = status.get("progress") or {}
         adapter = status.get("adapter") or {}
         summary = {
@@ -163,7 +170,13 @@ def run(max_steps: int, timeout: float) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so every process the demo started is stopped."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps of the demo job")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for training")

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ class TestKubelet:
                     pod.process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     log.warning("pod %s/%s did not die", pod.namespace, pod.name)
+                shutil.rmtree(self.pod_tmp(pod.uid), ignore_errors=True)
             self.running.clear()
 
     def __enter__(self) -> TestKubelet:
@@ -338,15 +340,18 @@ class TestKubelet:
 
     def _environment(self, pod, container, pod_ip, node_name, mounts, folder) -> dict[str, str]:
         namespace = pod["metadata"]["namespace"]
+        short_tmp = self.pod_tmp(pod["metadata"]["uid"])
+        short_tmp.mkdir(parents=True, exist_ok=True)
         env = {
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(folder),
-            "TMPDIR": str(folder / "tmp"),
+            "TMPDIR": str(short_tmp),
+            # Ray puts AF_UNIX sockets under its temp dir; their paths must stay < 108 bytes.
+            "RAY_TMPDIR": str(short_tmp),
             "PYTHONUNBUFFERED": "1",
             "LANG": "C.UTF-8",
             **self.extra_env,
         }
-        (folder / "tmp").mkdir(exist_ok=True)
         field_values = {
             "metadata.name": pod["metadata"]["name"], "metadata.namespace": namespace,
             "metadata.uid": pod["metadata"]["uid"], "status.podIP": pod_ip, "spec.nodeName": node_name,
@@ -371,6 +376,11 @@ class TestKubelet:
                 cm = self.api.get(CONFIGMAPS, ref["name"], namespace) or {}
                 env[item["name"]] = (cm.get("data") or {}).get(ref["key"], "")
         return env
+
+    @staticmethod
+    def pod_tmp(uid: str) -> Path:
+        """A short per-pod temp dir (the pod folder's path is too long for Unix sockets)."""
+        return Path(tempfile.gettempdir()) / f"ktp-{uid[:12]}"
 
     @staticmethod
     def _own_address(value: str, pod_ip: str) -> str:
@@ -422,6 +432,7 @@ class TestKubelet:
             return
         self._signal(pod, signal.SIGKILL, group=True)  # leftovers of the container die with it
         del self.running[key]
+        shutil.rmtree(self.pod_tmp(pod.uid), ignore_errors=True)
         message = pod.termination_log.read_text()[-4096:] if pod.termination_log.exists() else ""
         exit_code = code if code >= 0 else 128 - code
         record = {"namespace": pod.namespace, "name": pod.name, "node": pod.node,

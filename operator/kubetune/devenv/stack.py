@@ -111,7 +111,7 @@ class EmbeddedStack:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "KUBETUNE_CONFIG": str(self.config_path),
-            "KUBETUNE_TIMER_SECONDS": str(self.timer_seconds),
+            "KUBETUNE_RECONCILE_INTERVAL": str(self.timer_seconds),
             "PYTHONUNBUFFERED": "1",
         }
         log = open(self.workdir / "operator.log", "ab")

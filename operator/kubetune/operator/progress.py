@@ -39,6 +39,12 @@ def _number(value, kind=float):
     return kind(value) if isinstance(value, (int, float)) and value == value else None
 
 
+def _rounded(value) -> float | None:
+    """Four decimals: what a person reads in `kubectl get`, and fewer needless status writes."""
+    number = _number(value)
+    return round(number, 4) if number is not None else None
+
+
 def to_progress(polled: dict) -> TrainingProgress:
     """The status form of the trainer's JSON, with a display string for `kubectl get`."""
     step = _number(polled.get("step"), int) or 0
@@ -49,7 +55,7 @@ def to_progress(polled: dict) -> TrainingProgress:
     return TrainingProgress(
         step=max(0, step), total_steps=total, epoch=_nonneg(polled.get("epoch")),
         percent=min(100.0, percent) if percent is not None else None, display=display,
-        loss=_number(polled.get("loss")), eval_loss=_number(polled.get("evalLoss")),
+        loss=_rounded(polled.get("loss")), eval_loss=_rounded(polled.get("evalLoss")),
         tokens_per_second=_nonneg(polled.get("tokensPerSecond")),
         eta_seconds=int(eta) if eta is not None and eta >= 0 else None,
         updated_at=parse_time(polled.get("updatedAt")) if polled.get("updatedAt") else None,

@@ -224,16 +224,6 @@ def lost_steps(steps_done: int | None, checkpoint_step: int | None) -> int:
     return max(0, steps_done - (checkpoint_step or 0))
 
 
-def lost_steps_of(outcome: PodState, progress_step: int | None, checkpoint_step: int | None) -> int:
-    """Lost steps of a finished attempt, preferring the trainer's own final summary
-    (`step`, `checkpointStep`) over the last progress the operator polled."""
-    summary = outcome.summary or {}
-    done = summary.get("step") if isinstance(summary.get("step"), int) else progress_step
-    saved = summary.get("checkpointStep")
-    saved = saved if isinstance(saved, int) else checkpoint_step
-    return lost_steps(done, saved)
-
-
 @dataclass(frozen=True)
 class GpuInterval:
     """GPUs one pod held, on which capacity type, for how long."""

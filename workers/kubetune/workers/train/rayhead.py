@@ -59,11 +59,13 @@ class RayHead:
                     raise TrainerError(f"ray head on port {self.port}: {exc}") from exc
                 time.sleep(1.0)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the head quickly: this runs inside the pod's grace period after SIGTERM,
+        after the checkpoint is saved, and must leave time to exit with code 75."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
