@@ -74,3 +74,9 @@ def test_immutable_change_is_refused_through_kubectl(kubectl, repo):
     result = kubectl("apply", "-f", "-", input=yaml.safe_dump(body), check=False)
     assert result.returncode != 0
     assert "spec.dataset" in result.stderr and "immutable" in result.stderr, result.stderr
+
+
+def test_get_one_object_shows_the_printer_columns(kubectl):
+    table = kubectl("get", "ftj", "support-bot-v1").stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "RECOVERIES", "AGE"]
+    assert table[1].split()[0] == "support-bot-v1"

@@ -272,7 +272,10 @@ class KubetuneEmulator(kmock.KubernetesEmulator):
         if method == "GET" and route.name is None:
             return self._serve_list(request, route, rtype)
         if method == "GET":
-            return _json_response(self.store.get(rtype, ns, route.name))
+            obj = self.store.get(rtype, ns, route.name)
+            if wants_table(request.headers.get("Accept")):  # `kubectl get ftj NAME`
+                return _json_response(render_table(rtype, [obj], str(self.store.resource_version)))
+            return _json_response(obj)
         if method == "POST" and route.name is None:
             obj = self.store.create(rtype, ns, self._json_body(request))
             if rtype.group == CRD_GROUP and rtype.plural == CRD_PLURAL:

@@ -502,8 +502,10 @@ class TestKubelet:
         while any(p.process.poll() is None for p in victims) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.api.delete(NODES, node_name)
-        for pod in victims:
-            self.api.delete(PODS, pod.name, pod.namespace)
+        for pod in victims:  # pod GC: only the pod that ran there, never a successor of the same name
+            current = self.api.get(PODS, pod.name, pod.namespace)
+            if current and current["metadata"].get("uid") == pod.uid:
+                self.api.delete(PODS, pod.name, pod.namespace)
         if replacement:
             self.add_node(replacement)
 
