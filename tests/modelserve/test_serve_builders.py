@@ -2,7 +2,7 @@
 the restart-hash contract (adapter-only changes never touch the pod template).
 
 Regenerate the golden files after an intended change with
-`KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/modelserve/test_builders.py`.
+`KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/modelserve/test_serve_builders.py`.
 """
 
 from __future__ import annotations
