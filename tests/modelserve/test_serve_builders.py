@@ -218,8 +218,11 @@ def test_spot_placement_only_when_spot_is_allowed():
 def test_conflicting_capacity_label_is_refused():
     bad = spec(resources={
         "spot": True, "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}})
-    with pytest.raises(SpecError, match="capacity"):
+    with pytest.raises(SpecError, match="capacity") as refused:
         build_children(META, bad, parse_config({}), [])
+    message = str(refused.value)
+    assert "spec.resources.nodeSelector[karpenter.sh/capacity-type]" in message
+    assert "chosen by spec.resources.spot," in message  # the ModelServe's field
 
 
 # The restart contract -------------------------------------------------------------------

@@ -6,6 +6,7 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import os
@@ -30,6 +31,7 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"
 K8S_VERSION = "1.37.0"
 JOB = JobMeta(name="llama-alpaca", namespace="ml-team", uid="0f5c2c1e-8d1a-4a43-9b1e-1f0c7c9b2a11")
+TOKEN = "golden-ray-token"  # the operator passes secrets.token_urlsafe(32)
 
 SPOT_3 = {"spot": {"enabled": True}, "resources": {"workers": 3, "gpusPerWorker": 2}}
 CASES = {
@@ -97,7 +99,9 @@ CASES = {
 
 def build_case(name: str) -> list[dict]:
     overrides, config, attempt, capacity = CASES[name]
-    return build_children(JOB, make_spec(**overrides), parse_config(config), attempt, capacity)
+    return build_children(
+        JOB, make_spec(**overrides), parse_config(config), attempt, capacity, TOKEN
+    )
 
 
 def pods_of(children: list[dict]) -> list[dict]:
@@ -151,7 +155,8 @@ def test_children_are_owned_labelled_and_never_restarted(name):
     overrides, _, attempt, capacity = CASES[name]
     spec = make_spec(**overrides)
     children = build_case(name)
-    assert [c["kind"] for c in children] == ["ConfigMap", "Service", "Pod"] + ["Pod"] * (
+    auth = ["Secret"] if spec.resources.workers > 1 else []
+    assert [c["kind"] for c in children] == ["ConfigMap", "Service", *auth, "Pod"] + ["Pod"] * (
         spec.resources.workers - 1
     )
     for child in children:
@@ -273,6 +278,49 @@ def test_workers_join_the_head_service():
     assert service["spec"]["selector"].items() <= head["metadata"]["labels"].items()
 
 
+
+def test_multi_worker_pods_share_the_ray_token_by_reference():
+    children = build_case("spot-karpenter-3-workers")
+    (secret,) = [c for c in children if c["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "llama-alpaca-ray-auth"
+    assert secret["immutable"] is True and "stringData" not in secret
+    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
+    assert children.index(secret) < children.index(pods_of(children)[0])
+    for pod in pods_of(children):
+        env = env_of(pod)
+        assert env["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}
+        assert env["RAY_AUTH_TOKEN"] == {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "llama-alpaca-ray-auth", "key": "token"}},
+        }
+        assert TOKEN not in json.dumps(pod)
+
+
+def test_single_worker_job_has_no_ray_token():
+    children = build_children(JOB, make_spec(), OperatorConfig(), 1, "on-demand")
+    assert "Secret" not in [c["kind"] for c in children]
+    assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & env_of(pods_of(children)[0]).keys()
+
+
+def test_multi_worker_job_without_a_token_is_refused():
+    spec = make_spec(resources={"workers": 2})
+    with pytest.raises(ValueError, match="Ray auth token"):
+        build_children(JOB, spec, OperatorConfig(), 1, "on-demand")
+    with pytest.raises(ValueError, match="Ray auth token"):
+        build_children(JOB, spec, OperatorConfig(), 1, "on-demand", "")
+
+
+def test_ray_token_secret_name_stays_a_valid_label_for_long_job_names():
+    long_job = JobMeta(name="a." * 100 + "b", namespace="ml-team", uid="u")
+    children = build_children(
+        long_job, make_spec(resources={"workers": 2}), OperatorConfig(), 1, "spot", TOKEN
+    )
+    (secret,) = [c for c in children if c["kind"] == "Secret"]
+    name = secret["metadata"]["name"]
+    assert len(name) <= 63 and name.endswith("-ray-auth")
+    ref = env_of(pods_of(children)[1])["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == name
+
 @pytest.mark.parametrize(
     "provider, capacity, selector, toleration_keys",
     [
@@ -308,8 +356,9 @@ def test_selector_contradicting_the_capacity_type_is_refused():
     spec = make_spec(resources={"nodeSelector": {"karpenter.sh/capacity-type": "spot"}})
     with pytest.raises(
         SpecError, match=r"spec.resources.nodeSelector\[karpenter.sh/capacity-type\]"
-    ):
+    ) as refused:
         build_head_pod(JOB, spec, OperatorConfig(), 1, "on-demand")
+    assert "chosen by spec.spot," in str(refused.value)
     agreeing = build_head_pod(JOB, spec, OperatorConfig(), 1, "spot")
     assert agreeing["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "spot"}
 

@@ -3,12 +3,14 @@ states are written by the test the way a kubelet would, so each decision is chec
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from ftj_harness import NAMESPACE, SPOT, finetunejob
 
-from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SERVICES
+from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SECRETS, SERVICES
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.finalizer import Finalizer
 from kubetune.operator.finetune_service import FineTuneService, SpecRefused
@@ -148,6 +150,80 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     reconcile(cluster, service)
     assert cluster.status("svc")["lostSteps"] == 0
 
+
+def secret_calls(cluster, since: int) -> list[tuple[str, str]]:
+    """The operator's requests on Secrets after request number `since`."""
+    log = cluster.server.emulator.request_log[since:]
+    return [(str(r.method.value).upper(), r.url.path) for r in log if "/secrets" in r.url.path]
+
+
+def token_of(cluster, name: str) -> str:
+    secret = cluster.api.get(SECRETS, f"{name}-ray-auth", NAMESPACE)
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def test_multi_worker_job_shares_one_token_created_once_and_never_read(env):
+    cluster, kube, service, events, clock, _ = env
+    job = apply(cluster, "multi", **{"resources.workers": 2})
+    create = ("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets")
+    mark = len(cluster.server.emulator.request_log)
+    reconcile(cluster, service, "multi", sync=True)
+    assert secret_calls(cluster, mark) == [create]
+    secret = cluster.api.get(SECRETS, "multi-ray-auth", NAMESPACE)
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    token = token_of(cluster, "multi")
+    assert len(token) >= 40
+    for pod in ("multi-head", "multi-worker-1"):
+        env_vars = {e["name"]: e for e in cluster.api.get(PODS, pod, NAMESPACE)["spec"][
+            "containers"][0]["env"]}
+        assert env_vars["RAY_AUTH_MODE"]["value"] == "token"
+        assert env_vars["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "multi-ray-auth", "key": "token"}
+
+    mark = len(cluster.server.emulator.request_log)
+    reconcile(cluster, service, "multi", sync=True)  # a spec sync leaves the Secret alone
+    assert secret_calls(cluster, mark) == []
+
+    cluster.api.create(NODES, {"metadata": {"name": "spot-1", "labels": SPOT}})
+    run_pod(cluster, "multi-head")
+    run_pod(cluster, "multi-worker-1")
+    end_pod(cluster, "multi-head", 75, "{}", disrupted=True)
+    end_pod(cluster, "multi-worker-1", 1, "", disrupted=True)
+    assert reconcile(cluster, service, "multi").phase == "Recovering"
+    clock.advance(3)
+    mark = len(cluster.server.emulator.request_log)
+    assert reconcile(cluster, service, "multi").wrote_status
+    head = cluster.api.get(PODS, "multi-head", NAMESPACE)
+    assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
+    assert secret_calls(cluster, mark) == [create]  # 409: the first token stays
+    assert token_of(cluster, "multi") == token
+    assert token not in json.dumps([cluster.job("multi"), events])
+
+
+def test_a_token_secret_left_by_an_earlier_operator_is_kept(env):
+    """An operator that died after creating the Secret but before the pods: the next one
+    gets 409 on create, takes it as "exists", and the pods read the stored token."""
+    cluster, kube, service, *_ = env
+    job = apply(cluster, "multi", **{"resources.workers": 3})
+    cluster.api.create(SECRETS, {
+        "metadata": {"name": "multi-ray-auth", "namespace": NAMESPACE,
+                     "ownerReferences": [{"apiVersion": "kubetune.dev/v1alpha1",
+                                          "kind": "FineTuneJob", "name": "multi",
+                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "data": {"token": base64.b64encode(b"earlier-token").decode()}}, NAMESPACE)
+    assert reconcile(cluster, service, "multi", sync=True).phase == "Scheduling"
+    assert token_of(cluster, "multi") == "earlier-token"
+    assert {p["metadata"]["name"] for p in cluster.pods()} == {
+        "multi-head", "multi-worker-1", "multi-worker-2"}
+
+
+def test_single_worker_job_creates_no_secret(env):
+    cluster, kube, service, *_ = env
+    apply(cluster)
+    mark = len(cluster.server.emulator.request_log)
+    reconcile(cluster, service, sync=True)
+    assert secret_calls(cluster, mark) == []
+    assert cluster.api.get(SECRETS, "svc-ray-auth", NAMESPACE) is None
 
 def test_backoff_delays_the_next_attempt(env):
     cluster, kube, service, events, clock, polls = env

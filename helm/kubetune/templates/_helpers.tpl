@@ -54,8 +54,9 @@ app.kubernetes.io/part-of: kubetune
 
 {{/*
 Rules for namespaced objects: the two kinds, the children the operator builds, Events.
-Exact verbs, no wildcards, no Secrets: pods reference Secrets through secretKeyRef and
-the kubelet resolves them, the operator never reads them.
+Exact verbs, no wildcards. On Secrets only `create` (a multi-worker job's Ray token):
+pods reference Secrets through secretKeyRef and the kubelet resolves them, the operator
+never reads, changes or deletes one.
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: ["kubetune.dev"]
@@ -76,6 +77,10 @@ the kubelet resolves them, the operator never reads them.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- /* Owner references delete the token Secret with its job. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]

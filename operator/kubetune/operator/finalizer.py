@@ -14,7 +14,7 @@ from kubetune.api import FineTuneJobSpec, SpecError, parse_spec
 
 from .builders import JobMeta
 from .builders.meta import object_meta
-from .builders.pods import RUN_AS_UID, TERMINATION_MESSAGE_PATH, _container_security
+from .builders.pods import RUN_AS_UID, TERMINATION_MESSAGE_PATH, container_security
 from .builders.storage_env import service_account_name, storage_env
 from .config import OperatorConfig
 from .kube import PODS, Kube
@@ -48,10 +48,10 @@ def build_cleanup_pod(job: JobMeta, spec: FineTuneJobSpec, config: OperatorConfi
         "imagePullPolicy": spec.images.pull_policy or config.images.pull_policy,
         "command": ["python", "-m", "kubetune.workers.cleanup",
                     "--prefix", checkpoints_uri(spec, job) + "/"],
-        "env": [{"name": "HOME", "value": "/tmp"}, *storage_env(spec, config)],
+        "env": [{"name": "HOME", "value": "/tmp"}, *storage_env(spec.output, config)],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                       "limits": {"cpu": "1", "memory": "512Mi"}},
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -65,7 +65,7 @@ def build_cleanup_pod(job: JobMeta, spec: FineTuneJobSpec, config: OperatorConfi
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
-    account = service_account_name(spec)
+    account = service_account_name(spec.output)
     if account:
         pod_spec["serviceAccountName"] = account
     name = child_name(job.name, "cleanup")

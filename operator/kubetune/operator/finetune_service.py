@@ -14,6 +14,7 @@ A restart between any two steps finds the status ahead of the pods and just cont
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,10 +23,10 @@ from kubetune.api import FineTuneJobSpec, FineTuneJobStatus, SpecError, parse_sp
 from kubetune.api.finetunejob import AdapterRef
 
 from . import progress as progress_mod
-from .builders import JobMeta, build_children
+from .builders import JobMeta, build_children, needs_ray_auth
 from .conditions import job_conditions, status_patch
 from .config import OperatorConfig
-from .kube import FINETUNEJOBS, NODES, PODS, Kube, KubeError
+from .kube import FINETUNEJOBS, NODES, PODS, Kind, Kube, KubeError
 from .metrics import METRICS, Metrics
 from .naming import LABEL_ATTEMPT, head_pod_name, selector_labels
 from .pod_state import PodState, attempt_state, classify_missing_pod, classify_pod, parse_time
@@ -34,6 +35,9 @@ from .recovery import Decision, RecoveryState, add_gpu_seconds, decide, pod_gpu_
 log = logging.getLogger("kubetune.operator")
 TERMINAL = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
+RAY_AUTH_TOKEN_BYTES = 32
+# Create-only (RBAC grants nothing else): never through Kube.ensure, which reads on a 409.
+SECRETS = Kind("", "v1", "secrets")
 Emit = Callable[[dict, str, str, str], None]
 
 
@@ -94,7 +98,11 @@ class FineTuneService:
             job = JobMeta.from_meta(meta)
             spec = parse_spec(FineTuneJobSpec, body.get("spec"))
             capacity = status.capacity_type or RecoveryState.initial(spec).capacity_type
-            children = build_children(job, spec, self.config, status.attempt or 1, capacity)
+            # A fresh token each reconcile, but only the first one reaches the API server:
+            # the Secret is create-only, so later creates get 409 and the stored one stays.
+            token = secrets.token_urlsafe(RAY_AUTH_TOKEN_BYTES) if needs_ray_auth(spec) else None
+            children = build_children(job, spec, self.config, status.attempt or 1, capacity,
+                                      ray_auth_token=token)
         except SpecError as exc:
             self._refuse(body, status, str(exc))
             raise SpecRefused(str(exc)) from None
@@ -119,8 +127,9 @@ class FineTuneService:
         started = status.attempt is not None and status.next_attempt_after is None
         if not current and not started:
             return self._start_attempt(body, job, status, state, children, blocked=bool(stale))
-        if sync:
-            self._ensure(job, [c for c in children if c["kind"] != "Pod"], likely_exist=True)
+        if sync:  # the token Secret matters only when pods are created: skip it here
+            self._ensure(job, [c for c in children if c["kind"] not in ("Pod", "Secret")],
+                         likely_exist=True)
         outcome, by_name = self._observe(wanted_pods, current)
         if outcome.kind == "Preempted" and not outcome.terminated:
             return self._drain(body, job, status, state, outcome, current)
@@ -146,9 +155,13 @@ class FineTuneService:
         return self._commit(body, status, new, None)
 
     def _ensure(self, job: JobMeta, children: list[dict], likely_exist: bool = False) -> None:
-        """Create each child, or patch what drifted on an existing one."""
+        """Create each child, or patch what drifted on an existing one. A Secret is only
+        created (409 = it exists, keep it): the operator never reads or changes one."""
         for child in children:
-            self.kube.ensure(child, likely_exists=likely_exist)
+            if child["kind"] == "Secret":
+                self.kube.create(SECRETS, child)
+            else:
+                self.kube.ensure(child, likely_exists=likely_exist)
 
     def _observe(self, wanted_pods: list[dict], current: list[dict]):
         """One PodState for the attempt: head plus workers, missing ones counted as lost."""

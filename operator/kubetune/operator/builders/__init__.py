@@ -1,7 +1,8 @@
 """Pure builders of a FineTuneJob's children: dicts in, dicts out, no I/O.
 
 `build_children` gives everything one attempt needs, in the order to apply it (the
-ConfigMap before the pod that mounts it, the Service before the workers that dial it).
+ConfigMap before the pod that mounts it, the Service before the workers that dial it, the
+Ray token Secret before the pods that read it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from .pods import (
     build_worker_pod,
     build_worker_pods,
 )
+from .ray_auth import (
+    RAY_AUTH_TOKEN_KEY,
+    build_ray_auth_secret,
+    needs_ray_auth,
+    ray_auth_env,
+    ray_auth_secret_name,
+)
 from .spec_configmap import SPEC_PATH, build_spec_configmap, resolve_spec
 
 
@@ -28,12 +36,21 @@ def build_children(
     config: OperatorConfig,
     attempt: int,
     capacity_type: CapacityType,
+    ray_auth_token: str | None = None,
 ) -> list[dict]:
+    """`ray_auth_token`: required when the job has worker pods; the caller makes it (a
+    random value) so this stays pure. Only its first creation counts (create-only)."""
     if attempt < 1:
         raise ValueError(f"attempt starts at 1, got {attempt}")
+    auth = []
+    if needs_ray_auth(spec):
+        if not ray_auth_token:
+            raise ValueError("a job with more than one worker needs a Ray auth token")
+        auth.append(build_ray_auth_secret(job, ray_auth_token))
     return [
         build_spec_configmap(job, spec, config),
         build_head_service(job, spec, config),
+        *auth,
         build_head_pod(job, spec, config, attempt, capacity_type),
         *build_worker_pods(job, spec, config, attempt, capacity_type),
     ]
@@ -41,6 +58,7 @@ def build_children(
 
 __all__ = [
     "JobMeta",
+    "RAY_AUTH_TOKEN_KEY",
     "RAY_GCS_PORT",
     "SPEC_PATH",
     "TERMINATION_MESSAGE_PATH",
@@ -49,9 +67,13 @@ __all__ = [
     "build_children",
     "build_head_pod",
     "build_head_service",
+    "build_ray_auth_secret",
     "build_spec_configmap",
     "build_worker_pod",
     "build_worker_pods",
+    "needs_ray_auth",
     "owner_reference",
+    "ray_auth_env",
+    "ray_auth_secret_name",
     "resolve_spec",
 ]

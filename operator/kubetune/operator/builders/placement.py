@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from kubetune.api import FineTuneJobSpec, SpecError
+from kubetune.api import FineTuneJobSpec, ModelServeSpec, SpecError
 
 from ..config import CapacityType, SpotProfile
 
 
-def node_selector(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType) -> dict:
+def node_selector(
+    spec: FineTuneJobSpec | ModelServeSpec,
+    profile: SpotProfile,
+    capacity_type: CapacityType,
+    *,
+    capacity_field: str,
+) -> dict:
     """The spec's selector plus the capacity-type labels.
 
     A spec label that contradicts the capacity type kubetune chose is refused rather than
-    silently overridden: the user asked for two incompatible node pools.
+    silently overridden: the user asked for two incompatible node pools. `capacity_field`
+    is the spec field that chose the capacity (`spec.spot` for a FineTuneJob,
+    `spec.resources.spot` for a ModelServe), named in that refusal.
     """
     selector = dict(spec.resources.node_selector)
     for key, value in profile.node_selector(capacity_type).items():
@@ -19,8 +27,8 @@ def node_selector(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: Ca
             raise SpecError(
                 [
                     f"spec.resources.nodeSelector[{key}]: {selector[key]!r} conflicts with "
-                    f"{capacity_type} capacity ({key}={value}); capacity is chosen by spec.spot, "
-                    "remove this label"
+                    f"{capacity_type} capacity ({key}={value}); capacity is chosen by "
+                    f"{capacity_field}, remove this label"
                 ]
             )
         selector[key] = value
@@ -28,7 +36,7 @@ def node_selector(spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: Ca
 
 
 def tolerations(
-    spec: FineTuneJobSpec, profile: SpotProfile, capacity_type: CapacityType
+    spec: FineTuneJobSpec | ModelServeSpec, profile: SpotProfile, capacity_type: CapacityType
 ) -> list[dict]:
     """The spec's tolerations, plus the spot pool's on spot (without duplicates)."""
     result = [toleration.to_wire() for toleration in spec.resources.tolerations]

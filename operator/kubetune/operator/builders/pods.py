@@ -8,7 +8,7 @@ restart is a recovery or retry decision the operator makes and counts, not the k
 
 from __future__ import annotations
 
-from kubetune.api import FineTuneJobSpec
+from kubetune.api import FineTuneJobSpec, ModelServeSpec
 
 from ..config import CapacityType, OperatorConfig
 from ..naming import (
@@ -23,6 +23,7 @@ from ..naming import (
 from .head_service import RAY_GCS_PORT
 from .meta import JobMeta, object_meta
 from .placement import node_selector, tolerations
+from .ray_auth import needs_ray_auth, ray_auth_env
 from .spec_configmap import SPEC_DIR, SPEC_KEY, SPEC_PATH
 from .storage_env import service_account_name, storage_env
 
@@ -41,7 +42,7 @@ def _image(spec: FineTuneJobSpec, config: OperatorConfig) -> tuple[str, str]:
     )
 
 
-def _resources(spec: FineTuneJobSpec) -> dict:
+def container_resources(spec: FineTuneJobSpec | ModelServeSpec) -> dict:
     """Requests equal limits (Guaranteed QoS): the last pods the kubelet evicts."""
     amounts = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if spec.resources.gpus_per_worker > 0:
@@ -49,7 +50,8 @@ def _resources(spec: FineTuneJobSpec) -> dict:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _container_security() -> dict:
+def container_security() -> dict:
+    """The container half of Pod Security "restricted" (the pod half is in `_pod`)."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -73,7 +75,7 @@ def _common_env(
         {"name": "KUBETUNE_CAPACITY_TYPE", "value": capacity_type},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        *storage_env(spec, config),
+        *storage_env(spec.output, config),
     ]
 
 
@@ -118,10 +120,10 @@ def _pod(
         "containers": [container],
         "volumes": volumes,
     }
-    account = service_account_name(spec)
+    account = service_account_name(spec.output)
     if account:
         pod_spec["serviceAccountName"] = account
-    selector = node_selector(spec, profile, capacity_type)
+    selector = node_selector(spec, profile, capacity_type, capacity_field="spec.spot")
     if selector:
         pod_spec["nodeSelector"] = selector
     pod_tolerations = tolerations(spec, profile, capacity_type)
@@ -169,7 +171,7 @@ def build_head_pod(
     The trainer serves GET /progress on the status port, writes its summary JSON to the
     termination-message file, and exits 0 (done), 75 (preempted, checkpoint saved) or
     anything else (error). With more than one worker it starts the Ray head on
-    KUBETUNE_RAY_HEAD_PORT so the worker pods can join.
+    KUBETUNE_RAY_HEAD_PORT so the worker pods can join, all sharing the job's Ray token.
     """
     image, pull_policy = _image(spec, config)
     volumes, mounts = _scratch_volumes()
@@ -189,6 +191,8 @@ def build_head_pod(
         {"name": "KUBETUNE_RAY_HEAD_PORT", "value": str(RAY_GCS_PORT)},
         {"name": "KUBETUNE_RAY_WORKER_PODS", "value": str(spec.resources.workers - 1)},
     ]
+    if needs_ray_auth(spec):
+        env += ray_auth_env(job)
     container = {
         "name": TRAINER_CONTAINER,
         "image": image,
@@ -199,8 +203,8 @@ def build_head_pod(
             {"name": "ray-gcs", "containerPort": RAY_GCS_PORT, "protocol": "TCP"},
             {"name": "status", "containerPort": config.trainer_status_port, "protocol": "TCP"},
         ],
-        "resources": _resources(spec),
-        "securityContext": _container_security(),
+        "resources": container_resources(spec),
+        "securityContext": container_security(),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         # The summary file when the trainer wrote one, else the log tail (a traceback).
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -235,9 +239,9 @@ def build_worker_pod(
             f"--address={head_service_name(job.name)}:{RAY_GCS_PORT}",
             "--block",
         ],
-        "env": _common_env(spec, config, attempt, capacity_type),
-        "resources": _resources(spec),
-        "securityContext": _container_security(),
+        "env": [*_common_env(spec, config, attempt, capacity_type), *ray_auth_env(job)],
+        "resources": container_resources(spec),
+        "securityContext": container_security(),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,

@@ -2,28 +2,30 @@
 
 Credentials only ever travel as `secretKeyRef`s (or as the pod's ServiceAccount for IRSA /
 workload identity), so their values never appear in a manifest, a log line or an Event.
+Every function takes the ObjectStore itself (a FineTuneJob's `spec.output`, a ModelServe's
+`spec.storage`), so both kinds share them.
 """
 
 from __future__ import annotations
 
-from kubetune.api import FineTuneJobSpec
+from kubetune.api.common import ObjectStore
 
 from ..config import OperatorConfig
 
 
-def storage_endpoint(spec: FineTuneJobSpec, config: OperatorConfig) -> str | None:
-    return spec.output.endpoint or config.storage.default_endpoint or None
+def storage_endpoint(store: ObjectStore, config: OperatorConfig) -> str | None:
+    return store.endpoint or config.storage.default_endpoint or None
 
 
-def storage_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict]:
+def storage_env(store: ObjectStore, config: OperatorConfig) -> list[dict]:
     env = []
-    endpoint = storage_endpoint(spec, config)
+    endpoint = storage_endpoint(store, config)
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
-    if spec.output.region:
-        env.append({"name": "AWS_REGION", "value": spec.output.region})
-        env.append({"name": "AWS_DEFAULT_REGION", "value": spec.output.region})
-    credentials = spec.output.credentials
+    if store.region:
+        env.append({"name": "AWS_REGION", "value": store.region})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": store.region})
+    credentials = store.credentials
     if credentials is not None and credentials.secret_ref is not None:
         ref = credentials.secret_ref
         for variable, key in (
@@ -36,7 +38,7 @@ def storage_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict]:
     return env
 
 
-def service_account_name(spec: FineTuneJobSpec) -> str | None:
-    """The ServiceAccount to run as for IRSA / workload identity, if the spec names one."""
-    credentials = spec.output.credentials
+def service_account_name(store: ObjectStore) -> str | None:
+    """The ServiceAccount to run as for IRSA / workload identity, if the store names one."""
+    credentials = store.credentials
     return credentials.service_account_name if credentials is not None else None

@@ -15,13 +15,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 from kubetune.api import MODELSERVE, ModelServeSpec, SpecError
 
 from ..builders.placement import node_selector, tolerations
-from ..builders.pods import _container_security, _resources
-from ..builders.storage_env import storage_env
+from ..builders.pods import container_resources, container_security
+from ..builders.storage_env import service_account_name, storage_endpoint, storage_env
 from ..config import OperatorConfig
 from . import naming
 from .resolve import Resolution
@@ -73,14 +72,8 @@ class ServeMeta:
         }
 
 
-def _storage_view(spec: ModelServeSpec) -> SimpleNamespace:
-    """`storage_env` reads `spec.output` (a FineTuneJob's store); a ModelServe's is `storage`."""
-    return SimpleNamespace(output=spec.storage)
-
-
 def storage_settings(spec: ModelServeSpec, config: OperatorConfig) -> dict:
-    endpoint = spec.storage.endpoint or config.storage.default_endpoint or None
-    settings = {"endpoint": endpoint, "region": spec.storage.region}
+    settings = {"endpoint": storage_endpoint(spec.storage, config), "region": spec.storage.region}
     return {key: value for key, value in settings.items() if value is not None}
 
 
@@ -146,7 +139,7 @@ def _container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        *storage_env(_storage_view(spec), config),
+        *storage_env(spec.storage, config),
     ]
     return {
         "name": SERVER_CONTAINER,
@@ -168,8 +161,8 @@ def _container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": _resources(spec),
-        "securityContext": _container_security(),
+        "resources": container_resources(spec),
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -203,10 +196,10 @@ def pod_template(meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig) 
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    credentials = spec.storage.credentials
-    if credentials is not None and credentials.service_account_name:
-        pod_spec["serviceAccountName"] = credentials.service_account_name
-    selector = node_selector(spec, profile, capacity)
+    account = service_account_name(spec.storage)
+    if account:
+        pod_spec["serviceAccountName"] = account
+    selector = node_selector(spec, profile, capacity, capacity_field="spec.resources.spot")
     if selector:
         pod_spec["nodeSelector"] = selector
     pod_tolerations = tolerations(spec, profile, capacity)
