@@ -46,3 +46,26 @@ def tolerations(
             if wire not in result:
                 result.append(wire)
     return result
+
+
+def place(
+    pod_spec: dict,
+    spec: FineTuneJobSpec | ModelServeSpec,
+    profile: SpotProfile,
+    capacity_type: CapacityType,
+    *,
+    capacity_field: str,
+) -> dict:
+    """Add node selector, tolerations, affinity and priority class to a pod spec (in place,
+    returned for chaining); empty ones are left out so manifests stay minimal."""
+    selector = node_selector(spec, profile, capacity_type, capacity_field=capacity_field)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    pod_tolerations = tolerations(spec, profile, capacity_type)
+    if pod_tolerations:
+        pod_spec["tolerations"] = pod_tolerations
+    if spec.resources.affinity:
+        pod_spec["affinity"] = spec.resources.affinity
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    return pod_spec

@@ -22,7 +22,7 @@ from ..naming import (
 )
 from .head_service import RAY_GCS_PORT
 from .meta import JobMeta, object_meta
-from .placement import node_selector, tolerations
+from .placement import place
 from .ray_auth import needs_ray_auth, ray_auth_env
 from .spec_configmap import SPEC_DIR, SPEC_KEY, SPEC_PATH
 from .storage_env import service_account_name, storage_env
@@ -123,16 +123,7 @@ def _pod(
     account = service_account_name(spec.output)
     if account:
         pod_spec["serviceAccountName"] = account
-    selector = node_selector(spec, profile, capacity_type, capacity_field="spec.spot")
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    pod_tolerations = tolerations(spec, profile, capacity_type)
-    if pod_tolerations:
-        pod_spec["tolerations"] = pod_tolerations
-    if spec.resources.affinity:
-        pod_spec["affinity"] = spec.resources.affinity
-    if spec.resources.priority_class_name:
-        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    place(pod_spec, spec, profile, capacity_type, capacity_field="spec.spot")
     return {
         "apiVersion": "v1",
         "kind": "Pod",

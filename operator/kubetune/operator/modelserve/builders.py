@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kubetune.api import MODELSERVE, ModelServeSpec, SpecError
 
-from ..builders.placement import node_selector, tolerations
+from ..builders.placement import place
 from ..builders.pods import container_resources, container_security
 from ..builders.storage_env import service_account_name, storage_endpoint, storage_env
 from ..config import OperatorConfig
@@ -199,16 +199,7 @@ def pod_template(meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig) 
     account = service_account_name(spec.storage)
     if account:
         pod_spec["serviceAccountName"] = account
-    selector = node_selector(spec, profile, capacity, capacity_field="spec.resources.spot")
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    pod_tolerations = tolerations(spec, profile, capacity)
-    if pod_tolerations:
-        pod_spec["tolerations"] = pod_tolerations
-    if spec.resources.affinity:
-        pod_spec["affinity"] = spec.resources.affinity
-    if spec.resources.priority_class_name:
-        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    place(pod_spec, spec, profile, capacity, capacity_field="spec.resources.spot")
     pod_labels = {**naming.labels(meta.name, naming.COMPONENT_SERVER)}
     pod_labels["kubetune.dev/capacity-type"] = capacity
     return {
