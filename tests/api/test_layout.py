@@ -75,3 +75,10 @@ def test_crd_schemas_are_structural(crds):
 
     for crd in crds:
         walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], crd["metadata"]["name"])
+
+
+def test_test_module_names_are_unique(repo):
+    """Test folders have no __init__.py, so pytest imports modules by basename: two files
+    with the same name in different areas break collection of the whole suite."""
+    names = [p.name for p in (repo / "tests").rglob("*.py") if p.name != "conftest.py"]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
