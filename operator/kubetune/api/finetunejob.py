@@ -287,9 +287,6 @@ class RetentionSpec(ApiModel):
         default="DeleteWithJob",
         description="Retain forever, delete once the adapter is written, or delete with the job.",
     )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, le=31_536_000, description="Delete the finished FineTuneJob after N s."
-    )
 
 
 class FineTuneJobSpec(ApiModel):
