@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
+# pip warns once per package about this machine's local index folders; keep real errors only.
+quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PY" -m venv .venv
@@ -14,10 +16,10 @@ stamp=.venv/.kubetune-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing pinned dependencies (first run takes a few minutes)"
-  .venv/bin/pip install -q --upgrade pip setuptools wheel
+  quiet .venv/bin/pip install -q --upgrade pip setuptools wheel
   # torch first and exactly pinned: the CPU wheel that lies on this machine's disk.
-  .venv/bin/pip install -q -c constraints.txt torch==2.13.0
-  .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+  quiet .venv/bin/pip install -q -c constraints.txt torch==2.13.0
+  quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -m kubetune.devenv.tools install
+quiet .venv/bin/python -m kubetune.devenv.tools install
