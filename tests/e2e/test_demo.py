@@ -39,7 +39,7 @@ def test_demo_trains_recovers_from_a_preemption_serves_and_cleans_up(repo):
     assert result.returncode == 0, output[-6000:]
     assert "kubectl apply -f finetune.yaml -> finetunejob.kubetune.dev/support-bot-v1 created" in output
     assert "injecting a spot preemption" in output
-    assert re.search(r"kubectl get ftj: support-bot-v1 Recovering", output) or "Recovering" in output
+    assert re.search(r"kubectl get ftj: support-bot-v1 Recovering", output), "the recovery was not shown"
     summary = json.loads(output.split("summary:\n", 1)[1].split("\n}", 1)[0] + "\n}")
     assert summary["recoveries"] == 1 and summary["errorRetries"] == 0
     assert summary["lostSteps"] == 0
