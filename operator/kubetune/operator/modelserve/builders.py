@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
-from kubetune.api import MODELSERVE, ModelServeSpec, SpecError
+from kubetune.api import MODELSERVE, Kind, ModelServeSpec
 
+from ..builders.meta import OwnerMeta
 from ..builders.placement import place
 from ..builders.pods import container_resources, container_security
 from ..builders.storage_env import service_account_name, storage_endpoint, storage_env
@@ -36,32 +37,10 @@ RESTART_HASH_ANNOTATION = "kubetune.dev/restart-hash"
 
 
 @dataclass(frozen=True)
-class ServeMeta:
-    """Name, namespace and uid of the ModelServe: enough to name and own its children."""
+class ServeMeta(OwnerMeta):
+    """The ModelServe that owns a child."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    @classmethod
-    def from_meta(cls, meta: Mapping) -> ServeMeta:
-        missing = [f"metadata.{key}" for key in ("name", "namespace", "uid") if not meta.get(key)]
-        if missing:
-            raise SpecError(
-                [f"{field}: required to build the ModelServe's children" for field in missing]
-            )
-        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
-
-    def owner_reference(self) -> dict:
-        """Controller reference: children are garbage-collected with the ModelServe."""
-        return {
-            "apiVersion": MODELSERVE.api_version,
-            "kind": MODELSERVE.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    KIND: ClassVar[Kind] = MODELSERVE
 
     def object_meta(self, name: str, component: str) -> dict:
         return {
