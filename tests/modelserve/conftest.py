@@ -3,11 +3,9 @@ the test kubelet running pods as local processes, and the devenv Deployment cont
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import pytest
-
 from kubetune.devenv.apiserver import EmulatedApiServer
 from kubetune.devenv.controllers import DeploymentController
 from kubetune.devenv.kubeapi import KubeHttp
@@ -22,18 +20,6 @@ class Cluster:
     http: KubeHttp
     kubelet: TestKubelet
     controller: DeploymentController
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.2, on_timeout=None):
-    """Poll until `predicate()` is truthy; the failure names what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    detail = on_timeout() if on_timeout else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{detail}")
 
 
 @pytest.fixture

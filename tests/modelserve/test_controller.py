@@ -5,11 +5,10 @@ scale down, replacement of a dead pod."""
 from __future__ import annotations
 
 import pytest
-from conftest import wait_for
-
 from kubetune.devenv.controllers import HASH_LABEL, template_hash
 from kubetune.devenv.kubeapi import DEPLOYMENTS, PODS
 from kubetune.devenv.s3 import free_port
+from modelserve_support import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-
 from kubetune.devenv.kubeapi import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -37,6 +35,7 @@ from kubetune.operator.modelserve import naming
 from kubetune.operator.modelserve.service import ServeService
 from kubetune.workers import objectstore
 from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files, sha256_bytes
+from modelserve_support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +84,6 @@ def s3_models(loopback_s3, tiny_model_path, tmp_path_factory):
 
 def operator_registry(resync_seconds: float):
     import kopf
-
     from kubetune.operator.modelserve.handlers import register
 
     registry = kopf.OperatorRegistry()

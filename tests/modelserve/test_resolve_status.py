@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from kubetune.api import ModelServeSpec, ModelServeStatus, parse_spec
 from kubetune.operator.conditions import status_patch
 from kubetune.operator.modelserve.apply import LAST_APPLIED, apply_patch, with_last_applied

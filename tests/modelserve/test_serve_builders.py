@@ -15,7 +15,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from kubetune.api import ModelServeSpec, SpecError, parse_spec
 from kubetune.devenv.pod_security import check_restricted
 from kubetune.operator.config import parse_config

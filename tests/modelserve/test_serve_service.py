@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from kubetune.devenv.apiserver import EmulatedApiServer
 from kubetune.devenv.kubeapi import (
     CONFIGMAPS,

@@ -27,9 +27,9 @@ MESSAGES = [{"role": "user", "content": "What colour is a kiwi?"}]
 
 
 def _trainer_helpers():
-    """tests/trainer/conftest.py, under a name of its own: `conftest` here is serve's."""
+    """tests/trainer/trainer_support.py (tests/trainer is not on this folder's path)."""
     spec = importlib.util.spec_from_file_location(
-        "trainer_conftest", REPO / "tests" / "trainer" / "conftest.py"
+        "trainer_support", REPO / "tests" / "trainer" / "trainer_support.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up here

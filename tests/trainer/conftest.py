@@ -11,17 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-BUCKET = "kubetune-out"
+from trainer_support import BUCKET, PYTHON, REPO, adapter_tensors, job_spec
 
 
 @pytest.fixture(scope="session")
@@ -38,28 +34,6 @@ def s3():
     with LoopbackS3() as server:
         server.client().create_bucket(Bucket=BUCKET)
         yield server
-
-
-def job_spec(model_dir: Path, name: str, **overrides) -> dict:
-    """The shared small run: 24 QLoRA steps on tiny-alpaca, checkpoint every 8."""
-    spec = {
-        "baseModel": {"uri": f"file://{model_dir}"},
-        "dataset": {"uri": f"file://{REPO}/examples/data/tiny-alpaca.jsonl",
-                    "format": "alpaca", "evalFraction": 0.1},
-        "method": {"type": "qlora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.05}},
-        "training": {"maxSteps": 24, "learningRate": 3e-3, "batchSize": 8,
-                     "maxSeqLength": 64, "warmupSteps": 2, "seed": 7},
-        "spot": {"enabled": True, "checkpointIntervalSteps": 8, "checkpointBudgetSeconds": 25},
-        "output": {"uri": f"s3://{BUCKET}/runs"},
-    }
-    for path, value in overrides.items():
-        node = spec
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": "team-a", "uid": "u-" + name}, "spec": spec}
 
 
 @dataclass
@@ -142,30 +116,6 @@ def start_trainer(tmp_path, s3):
         if process.proc.poll() is None:
             process.proc.kill()
             process.proc.wait()
-
-
-def adapter_tensors(client, name: str) -> dict:
-    """The published adapter's tensors, read back through its manifest (verified)."""
-    from safetensors.torch import load
-
-    from kubetune.workers.manifest import Manifest
-
-    prefix = f"runs/team-a/{name}/adapter"
-    manifest = Manifest.from_json(
-        client.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
-    data = client.get_object(Bucket=BUCKET, Key=f"{prefix}/adapter_model.safetensors")["Body"].read()
-    from kubetune.workers.manifest import sha256_bytes
-
-    assert sha256_bytes(data) == manifest.files["adapter_model.safetensors"]["sha256"]
-    return load(data)
-
-
-def assert_same_adapter(left: dict, right: dict, atol: float = 1e-5) -> None:
-    import torch
-
-    assert sorted(left) == sorted(right)
-    for key in left:
-        assert torch.allclose(left[key], right[key], atol=atol, rtol=1e-4), key
 
 
 @pytest.fixture(scope="session")

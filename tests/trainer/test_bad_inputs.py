@@ -11,10 +11,8 @@ import re
 import signal
 
 import pytest
-
 from kubetune.workers.train.cli import main
-
-from conftest import BUCKET, REPO, job_spec
+from trainer_support import BUCKET, REPO, job_spec
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from kubetune.workers.train import data
 from kubetune.workers.train.errors import DatasetError
 

@@ -9,9 +9,8 @@ and must end with the same step count and adapter as the uninterrupted baseline.
 from __future__ import annotations
 
 import pytest
-
-from conftest import adapter_tensors, assert_same_adapter, job_spec
 from faultproxy import FaultProxy, Rule
+from trainer_support import adapter_tensors, assert_same_adapter, job_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 JOB = "preempted"

@@ -13,8 +13,7 @@ import subprocess
 import tempfile
 
 import pytest
-
-from conftest import adapter_tensors, assert_same_adapter, job_spec
+from trainer_support import adapter_tensors, assert_same_adapter, job_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

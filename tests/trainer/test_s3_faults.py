@@ -5,9 +5,8 @@ adapter; a persistent one fails clearly and leaves no manifest behind."""
 from __future__ import annotations
 
 import pytest
-
-from conftest import BUCKET, adapter_tensors, assert_same_adapter, job_spec
 from faultproxy import FaultProxy, Rule
+from trainer_support import BUCKET, adapter_tensors, assert_same_adapter, job_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

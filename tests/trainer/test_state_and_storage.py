@@ -7,12 +7,10 @@ import json
 import random
 
 import pytest
-
 from kubetune.workers.manifest import MANIFEST_NAME, PICKLE_SUFFIXES
 from kubetune.workers.objectstore import make_client
 from kubetune.workers.train import state, storage
-
-from conftest import BUCKET
+from trainer_support import BUCKET
 
 
 def small_training_objects():

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conftest import BUCKET, adapter_tensors, job_spec
+from trainer_support import BUCKET, adapter_tensors, job_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -35,10 +34,9 @@ def test_qlora_lowers_eval_loss_and_writes_a_complete_adapter(baseline, s3):
 
 def test_adapter_loads_with_peft_and_changes_outputs(baseline, s3, tiny_model, tmp_path):
     import torch
+    from kubetune.workers.objectstore import S3Uri, download_prefix, make_client
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kubetune.workers.objectstore import S3Uri, download_prefix, make_client
 
     download_prefix(make_client(s3.endpoint), S3Uri.parse(f"s3://{BUCKET}/runs/team-a/baseline/adapter"),
                     tmp_path / "adapter")
@@ -55,7 +53,7 @@ def test_adapter_loads_with_peft_and_changes_outputs(baseline, s3, tiny_model, t
 
 
 def test_lora_on_chat_data_lowers_eval_loss(start_trainer, tiny_model, s3):
-    from conftest import REPO
+    from trainer_support import REPO
 
     body = job_spec(tiny_model, "lora-chat", **{
         "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0,
@@ -78,7 +76,7 @@ def test_base_model_and_packed_text_dataset_from_s3(start_trainer, tiny_model, s
     client = s3.client()
     for path in tiny_model.iterdir():
         client.upload_file(str(path), BUCKET, f"models/tiny/{path.name}")
-    from conftest import REPO
+    from trainer_support import REPO
 
     client.upload_file(str(REPO / "examples/data/tiny-text.jsonl"), BUCKET, "data/text/a.jsonl")
     body = job_spec(tiny_model, "from-s3", **{
