@@ -13,64 +13,41 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+def _body(rid: str, created: int, model: str, obj: str, choices: list, use: dict | None) -> dict:
+    """The envelope every completion body and chunk shares; usage only when given."""
+    body = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+    if use is not None:
+        body["usage"] = use
+    return body
+
+
 def completion(rid: str, created: int, model: str, text: str, finish: str, use: dict) -> dict:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        "usage": use,
-    }
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return _body(rid, created, model, "text_completion", [choice], use)
 
 
 def completion_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-    }
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return _body(rid, created, model, "text_completion", [choice], None)
 
 
 def chat(rid: str, created: int, model: str, text: str, finish: str, use: dict) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        ],
-        "usage": use,
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish,
     }
+    return _body(rid, created, model, "chat.completion", [choice], use)
 
 
 def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _body(rid, created, model, "chat.completion.chunk", [choice], None)
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, use: dict) -> dict:
-    return {
-        "id": rid,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": use,
-    }
+    return _body(rid, created, model, obj, [], use)
 
 
 def model_list(names: list[str], created: int) -> dict:
