@@ -96,7 +96,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     with EmulatedApiServer(crds=crds, admission=CrdAdmission(crds)) as server:
         api = KubeHttp(server.url)
-        api._call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+        api.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         kubeconfig = server.write_kubeconfig(workdir / "kubeconfig", namespace=NAMESPACE)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "KUBETUNE_CONFIG": str(workdir / "none.yaml"),

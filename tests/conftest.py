@@ -1,9 +1,12 @@
-"""Fixtures shared by every test area: repository paths, CRD admission, loopback S3,
-the tiny model. Area-specific fixtures live in each area's own conftest.py."""
+"""Fixtures shared by every test area: repository paths, the real control plane (one per
+session, a namespace per test), node agents, loopback S3, the tiny model. Area-specific
+fixtures live in each area's own conftest.py."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,44 @@ def tiny_model_path() -> Path:
     from kubetune.devenv.tinymodel import tiny_model_dir
 
     return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory):
+    """The real control plane (etcd, kube-apiserver, controller manager, scheduler) on
+    the pod network, with the project's CRDs installed; one for the whole session."""
+    from kubetune.devenv.cluster import Cluster
+
+    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+_namespace_serial = itertools.count(1)
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster, request) -> str:
+    """A fresh namespace (Pod Security `restricted`) named after the test; deleted after."""
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = kube_cluster.namespace(f"{base}-{next(_namespace_serial)}")
+    yield name
+    kube_cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def node_agent(kube_cluster, tmp_path):
+    """Start a node agent with `node_agent([NodeTemplate(...)], extra_env={...})`; it and
+    its Nodes are removed when the test ends (so the next test's pods cannot land there)."""
+    from kubetune.devenv.nodeagent import NodeAgent
+
+    agents = []
+
+    def start(nodes, extra_env=None):
+        agent = NodeAgent(kube_cluster.control_plane, kube_cluster.network,
+                          tmp_path / f"nodes-{len(agents)}", nodes, extra_env=extra_env)
+        agents.append(agent.start())
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()

@@ -120,7 +120,7 @@ class Cluster:
         return self.api.list(PODS, NAMESPACE)
 
     def events(self, name: str) -> list[dict]:
-        items = self.api._call("GET", f"/api/v1/namespaces/{NAMESPACE}/events").get("items", [])
+        items = self.api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events").get("items", [])
         return [e for e in items if e["involvedObject"].get("name") == name]
 
     def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict:
@@ -139,7 +139,7 @@ class Cluster:
 def make_cluster(tmp_path: Path, crds, admission) -> tuple[EmulatedApiServer, Cluster]:
     server = EmulatedApiServer(crds=crds, admission=admission).start()
     api = KubeHttp(server.url)
-    api._call("POST", "/api/v1/namespaces",
+    api.request("POST", "/api/v1/namespaces",
               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
     return server, Cluster(server, api, kubeconfig, tmp_path)

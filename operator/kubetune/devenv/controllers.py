@@ -128,8 +128,8 @@ class DeploymentController:
 
     # one pass ----------------------------------------------------------------------
     def sync_once(self) -> None:
-        deployments = self.api._call("GET", DEPLOYMENTS_ALL).get("items", [])
-        pods = self.api._call("GET", "/api/v1/pods").get("items", [])
+        deployments = self.api.request("GET", DEPLOYMENTS_ALL).get("items", [])
+        pods = self.api.request("GET", "/api/v1/pods").get("items", [])
         for deployment in deployments:
             if deployment["metadata"].get("deletionTimestamp"):
                 continue

@@ -1,17 +1,22 @@
-"""A minimal JSON-over-HTTP Kubernetes client for the embedded environment.
+"""A minimal JSON-over-HTTPS Kubernetes client for the embedded environment.
 
-The test kubelet and the demo talk to the emulated API server like any other client,
-over HTTP; they need only a handful of verbs, so a dependency-free client keeps them
-independent of the operator's own client layer (which is what is under test).
+The node agent, the demo and the tests talk to the API server like any other client,
+through a kubeconfig (client certificate or ServiceAccount token); they need only a
+handful of verbs, so a dependency-free client keeps them independent of the operator's
+own client layer (which is what is under test).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 
 class ApiError(RuntimeError):
@@ -60,21 +65,41 @@ MODELSERVES = Resource("kubetune.dev", "v1alpha1", "modelserves")
 class KubeHttp:
     """get / list / create / merge-patch / delete against one API server URL."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0):
+    def __init__(self, base_url: str, timeout: float = 10.0, context: ssl.SSLContext | None = None,
+                 token_file: Path | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.context = context
+        self.token_file = token_file
 
-    def _call(self, method: str, path: str, body=None, content_type="application/json", query=None):
+    @classmethod
+    def from_kubeconfig(cls, path: Path, timeout: float = 10.0) -> KubeHttp:
+        """The current context's server, CA and credentials (certificate or token file)."""
+        config = yaml.safe_load(Path(path).read_text())
+        context = next(c["context"] for c in config["contexts"]
+                       if c["name"] == config["current-context"])
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+        tls = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        if "client-certificate" in user:
+            tls.load_cert_chain(user["client-certificate"], user["client-key"])
+        token = Path(user["tokenFile"]) if "tokenFile" in user else None
+        return cls(cluster["server"], timeout, tls, token)
+
+    def request(self, method: str, path: str, body=None, content_type="application/json", query=None):
+        """One API call; the decoded JSON answer, or ApiError."""
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Accept", "application/json")
+        if self.token_file is not None:
+            request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
         if data is not None:
             request.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read().decode(errors="replace")
@@ -86,7 +111,16 @@ class KubeHttp:
 
     def get(self, res: Resource, name: str, namespace: str | None = None) -> dict | None:
         try:
-            return self._call("GET", res.path(namespace, name))
+            return self.request("GET", res.path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_path(self, path: str) -> dict | None:
+        """GET any API path; None for a 404."""
+        try:
+            return self.request("GET", path)
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -94,19 +128,27 @@ class KubeHttp:
 
     def list(self, res: Resource, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
         query = {"labelSelector": label_selector} if label_selector else None
-        return self._call("GET", res.path(namespace), query=query).get("items", [])
+        return self.request("GET", res.path(namespace), query=query).get("items", [])
 
     def create(self, res: Resource, body: dict, namespace: str | None = None) -> dict:
-        return self._call("POST", res.path(namespace), body)
+        return self.request("POST", res.path(namespace), body)
 
     def patch(self, res: Resource, name: str, patch: dict, namespace: str | None = None, sub: str | None = None) -> dict:
-        return self._call(
+        return self.request(
             "PATCH", res.path(namespace, name, sub), patch, content_type="application/merge-patch+json"
         )
 
+    def delete_path(self, path: str) -> None:
+        """DELETE any API path; a 404 is fine."""
+        try:
+            self.request("DELETE", path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
         try:
-            self._call("DELETE", res.path(namespace, name))
+            self.request("DELETE", res.path(namespace, name))
         except ApiError as exc:
             if exc.status != 404:
                 raise

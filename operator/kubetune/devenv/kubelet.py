@@ -193,7 +193,7 @@ class TestKubelet:
             self._stop.wait(self.poll_seconds)
 
     def sync_once(self) -> None:
-        pods = self.api._call("GET", "/api/v1/pods").get("items", [])
+        pods = self.api.request("GET", "/api/v1/pods").get("items", [])
         nodes = {n["metadata"]["name"]: n for n in self.api.list(NODES)}
         seen = set()
         with self._lock:
@@ -215,7 +215,7 @@ class TestKubelet:
             if any(p.config_volumes for p in self.running.values()):
                 configmaps = {
                     (c["metadata"]["namespace"], c["metadata"]["name"]): c
-                    for c in self.api._call("GET", "/api/v1/configmaps").get("items", [])
+                    for c in self.api.request("GET", "/api/v1/configmaps").get("items", [])
                 }
                 for running in self.running.values():
                     self._refresh_config_volumes(running, configmaps)

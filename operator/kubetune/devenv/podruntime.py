@@ -1,0 +1,292 @@
+"""What the node agent does for one pod: materialise its volumes, resolve its env,
+give it a network namespace and run its container as a local process.
+
+Images map to local environments: every kubetune image (operator, trainer, server) runs
+with this project's virtualenv, so `python` in a command is that interpreter. Volumes
+are bound at their declared mount paths inside the pod's mount namespace (`podexec`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .kubeapi import ApiError, KubeHttp
+from .podnet import PodAddress, PodNetwork
+from .processes import start_child
+
+log = logging.getLogger("kubetune.devenv.podruntime")
+TERMINATION_LOG = "/dev/termination-log"
+FALLBACK_LOG_LINES = 80
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expand_env_refs(value: str, env: dict[str, str]) -> str:
+    """Kubernetes expands $(NAME) in command and args from the container's env; $$ escapes."""
+
+    def replace(match: re.Match) -> str:
+        if match.group(0).startswith("$$"):
+            return match.group(0)[1:]
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", replace, value)
+
+
+def local_executable(argv: list[str]) -> list[str]:
+    """`python` means this virtualenv's interpreter; other names are looked up in it first."""
+    if not argv:
+        raise RuntimeError("container has no command (images carry no entrypoint here)")
+    name = Path(argv[0]).name
+    if name in ("python", "python3"):
+        return [sys.executable, *argv[1:]]
+    local = Path(sys.executable).parent / name
+    return [str(local) if local.exists() else (shutil.which(name) or argv[0]), *argv[1:]]
+
+
+@dataclass
+class PodProcess:
+    """A pod this agent runs: its container process and what it needs to report."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    folder: Path
+    address: PodAddress
+    container: dict
+    restart_policy: str
+    grace_seconds: int
+    process: subprocess.Popen | None = None
+    started_at: str = ""
+    restart_count: int = 0
+    kill_deadline: float | None = None
+    ready: bool = False
+    probe_failures: int = 0
+    next_probe: float = 0.0
+    config_volumes: dict[str, Path] = field(default_factory=dict)  # ConfigMap name -> folder
+    launch_file: Path | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "container.log"
+
+    @property
+    def termination_log(self) -> Path:
+        return self.folder / "termination-log"
+
+    def termination_message(self, exit_code: int) -> str:
+        """The file's content; with FallbackToLogsOnError, the log's tail on a failure."""
+        text = self.termination_log.read_text(errors="replace")[-4096:] if self.termination_log.exists() else ""
+        if not text and exit_code != 0 and \
+                self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            lines = self.log_file.read_text(errors="replace").splitlines()[-FALLBACK_LOG_LINES:]
+            text = "\n".join(lines)[-2048:]
+        return text
+
+
+class PodMaterialiser:
+    """Turns a Pod object into a runnable PodProcess (volumes, env, network)."""
+
+    def __init__(self, api: KubeHttp, network: PodNetwork, workdir: Path, extra_env: dict[str, str],
+                 apiserver: tuple[str, int]):
+        self.api = api
+        self.network = network
+        self.workdir = workdir
+        self.extra_env = extra_env
+        self.apiserver = apiserver
+
+    def prepare(self, pod: dict, node: str, hosts: str) -> PodProcess:
+        meta, spec = pod["metadata"], pod["spec"]
+        folder = self.workdir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        container = spec["containers"][0]
+        address = self.network.attach(hosts)
+        self.network.write_resolv(address, meta["namespace"])
+        return PodProcess(
+            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], node=node,
+            folder=folder, address=address, container=container,
+            restart_policy=spec.get("restartPolicy", "Always"),
+            grace_seconds=int(spec.get("terminationGracePeriodSeconds", 30)),
+        )
+
+    def launch(self, pod: dict, running: PodProcess) -> None:
+        """Write volumes and start (or restart) the container."""
+        mounts, running.config_volumes = self._volumes(pod, running)
+        running.termination_log.write_text("")
+        mounts.append({"source": str(running.termination_log),
+                       "target": running.container.get("terminationMessagePath", TERMINATION_LOG)})
+        env = self._environment(pod, running)
+        container = running.container
+        argv = local_executable([expand_env_refs(a, env) for a in
+                                 (container.get("command") or []) + (container.get("args") or [])])
+        launch = {"mounts": mounts, "env": env, "argv": argv,
+                  "workingDir": container.get("workingDir") or str(running.folder)}
+        running.launch_file = running.folder / "launch.json"
+        running.launch_file.write_text(json.dumps(launch, indent=1))
+        running.process = start_child(
+            ["ip", "netns", "exec", running.address.netns, sys.executable, "-m",
+             "kubetune.devenv.podexec", str(running.launch_file)],
+            running.log_file, env=env, cwd=running.folder)
+        running.started_at = now()
+        running.kill_deadline = None
+        log.info("started %s/%s on %s at %s as pid %d", running.namespace, running.name,
+                 running.node, running.address.ip, running.process.pid)
+
+    def release(self, running: PodProcess) -> None:
+        self.network.detach(running.address)
+
+    # volumes ---------------------------------------------------------------------------
+    def _volumes(self, pod: dict, running: PodProcess) -> tuple[list[dict], dict[str, Path]]:
+        namespace = pod["metadata"]["namespace"]
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        mounts: list[dict] = []
+        config_volumes: dict[str, Path] = {}
+        for mount in running.container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            local = running.folder / "volumes" / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            if "configMap" in volume:
+                self._write_object(local, "configmaps", volume["configMap"]["name"], namespace, False)
+                config_volumes[volume["configMap"]["name"]] = local
+            elif "secret" in volume:
+                self._write_object(local, "secrets", volume["secret"]["secretName"], namespace, True)
+            elif "projected" in volume:
+                self._write_projected(local, volume["projected"], pod)
+            source = local / mount["subPath"] if mount.get("subPath") else local
+            mounts.append({"source": str(source), "target": mount["mountPath"],
+                           "readOnly": bool(mount.get("readOnly"))})
+        return mounts, config_volumes
+
+    def _write_object(self, target: Path, plural: str, name: str, namespace: str, b64: bool,
+                      items: list[dict] | None = None) -> None:
+        obj = self.api.get_path(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+        if obj is None:
+            raise RuntimeError(f"{plural}/{name} not found in {namespace}")
+        data = obj.get("data") or {}
+        wanted = {i["key"]: i["path"] for i in items} if items else {k: k for k in data}
+        for key, path in wanted.items():
+            value = data[key]
+            _atomic_write(target / path, base64.b64decode(value) if b64 else value.encode())
+
+    def _write_projected(self, target: Path, projected: dict, pod: dict) -> None:
+        """ServiceAccount token (TokenRequest bound to the pod), ConfigMaps, downward API."""
+        meta = pod["metadata"]
+        for source in projected.get("sources", []):
+            if "serviceAccountToken" in source:
+                token = source["serviceAccountToken"]
+                account = pod["spec"].get("serviceAccountName", "default")
+                answer = self.api.request(
+                    "POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token",
+                    {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                     "spec": {"audiences": [token["audience"]] if token.get("audience") else None,
+                              "expirationSeconds": token.get("expirationSeconds", 3607),
+                              "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                                                 "name": meta["name"], "uid": meta["uid"]}}})
+                _atomic_write(target / token["path"], answer["status"]["token"].encode())
+            elif "configMap" in source:
+                self._write_object(target, "configmaps", source["configMap"]["name"],
+                                   meta["namespace"], False, source["configMap"].get("items"))
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items", []):
+                    value = self._field(pod, item["fieldRef"]["fieldPath"], "")
+                    _atomic_write(target / item["path"], value.encode())
+
+    def refresh_config_volumes(self, running: PodProcess, configmaps: dict[str, dict]) -> None:
+        """Like the kubelet, propagate ConfigMap edits into a running pod's volume."""
+        for name, folder in running.config_volumes.items():
+            data = (configmaps.get(name) or {}).get("data") or {}
+            for key, value in data.items():
+                target = folder / key
+                if not target.exists() or target.read_text() != value:
+                    _atomic_write(target, value.encode())
+
+    # environment -----------------------------------------------------------------------
+    @staticmethod
+    def _field(pod: dict, path: str, pod_ip: str) -> str:
+        values = {
+            "metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
+            "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": pod_ip,
+        }
+        if path.startswith("metadata.labels['"):
+            return (pod["metadata"].get("labels") or {}).get(path[len("metadata.labels['"):-2], "")
+        return values.get(path, "")
+
+    def _environment(self, pod: dict, running: PodProcess) -> dict[str, str]:
+        namespace = pod["metadata"]["namespace"]
+        host, port = self.apiserver
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(running.folder),
+            "HOSTNAME": running.name,
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+            # The kubelet's service links for the `kubernetes` Service; with no kube-proxy
+            # they name the API server's own address rather than its ClusterIP.
+            "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port),
+            **self.extra_env,
+        }
+        for item in running.container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = expand_env_refs(str(item["value"]), env)
+                continue
+            source = item.get("valueFrom", {})
+            if "fieldRef" in source:
+                env[item["name"]] = self._field(pod, source["fieldRef"]["fieldPath"], running.address.ip)
+            elif "secretKeyRef" in source or "configMapKeyRef" in source:
+                secret = "secretKeyRef" in source
+                ref = source["secretKeyRef" if secret else "configMapKeyRef"]
+                plural = "secrets" if secret else "configmaps"
+                obj = self.api.get_path(f"/api/v1/namespaces/{namespace}/{plural}/{ref['name']}") or {}
+                raw = (obj.get("data") or {}).get(ref["key"])
+                if raw is None and not ref.get("optional"):
+                    raise RuntimeError(f"{plural}/{ref['name']} has no key {ref['key']}")
+                if raw is not None:
+                    env[item["name"]] = base64.b64decode(raw).decode() if secret else raw
+        return env
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    """Write + rename, so a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp")
+    staging.write_bytes(data)
+    staging.rename(target)
+
+
+def delete_pod(api: KubeHttp, running: PodProcess) -> None:
+    """The kubelet's last word on a terminated pod: delete it now, this uid only."""
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+            "preconditions": {"uid": running.uid}}
+    try:
+        api.request("DELETE", f"/api/v1/namespaces/{running.namespace}/pods/{running.name}", body)
+    except ApiError as exc:
+        if exc.status not in (404, 409):
+            raise
+
+
+def wait_exit(process: subprocess.Popen, seconds: float) -> int | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return process.returncode
+        time.sleep(0.05)
+    return process.poll()

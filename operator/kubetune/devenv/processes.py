@@ -1,0 +1,44 @@
+"""Child processes of the embedded environment that never outlive it.
+
+Each child gets its own session (so a signal reaches its whole process group) and asks
+the kernel for SIGKILL when the process that started it dies, even by SIGKILL: a test
+run that is killed leaves no API server or pod behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.Popen:
+    """Start `argv` with stdout and stderr appended to `log_path`."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop_child(process: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM to the process group, SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
