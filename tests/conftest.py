@@ -72,7 +72,7 @@ def kube_namespace(kube_cluster, request) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = kube_cluster.namespace(f"{base}-{next(_namespace_serial)}")
     yield name
-    kube_cluster.delete_namespace(name)
+    kube_cluster.delete_namespace(name, force_pods=True)
 
 
 @pytest.fixture
@@ -92,3 +92,13 @@ def node_agent(kube_cluster, tmp_path):
     yield start
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_s3(kube_cluster):
+    """A moto S3 server that pods reach: on the pod network's host address (pods have no
+    route to the host's 127.0.0.1). Tests use their own buckets."""
+    from kubetune.devenv.s3 import LoopbackS3
+
+    with LoopbackS3(host=kube_cluster.network.gateway) as s3:
+        yield s3

@@ -34,7 +34,7 @@ def test_drift_check_command_fails_on_a_changed_file(tmp_path):
     assert crdgen.main(["--out", str(tmp_path), "--check"]) == 1
 
 
-def test_every_crd_field_has_a_description(crds):
+def test_every_crd_field_has_a_description(generated_crds):
     def walk(node, path):
         for name, sub in node.get("properties", {}).items():
             if path in ("", ) and name in ("apiVersion", "kind", "metadata"):
@@ -44,25 +44,28 @@ def test_every_crd_field_has_a_description(crds):
         if "items" in node:
             walk(node["items"], path + "[]")
 
-    for crd in crds:
+    for crd in generated_crds:
         walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "")
 
 
-def test_crds_carry_names_columns_and_status_subresource(crds):
-    by_kind = {c["spec"]["names"]["kind"]: c for c in crds}
+def test_crds_carry_names_columns_and_status_subresource(generated_crds):
+    by_kind = {c["spec"]["names"]["kind"]: c for c in generated_crds}
     ftj, ms = by_kind["FineTuneJob"], by_kind["ModelServe"]
     assert ftj["spec"]["names"]["shortNames"] == ["ftj"]
     assert ms["spec"]["names"]["shortNames"] == ["ms"]
-    for crd in crds:
+    for crd in generated_crds:
         assert crd["spec"]["names"]["categories"] == ["kubetune"]
         version = crd["spec"]["versions"][0]
         assert version["subresources"] == {"status": {}}
-    columns = lambda c: [col["name"] for col in c["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+    def columns(crd):
+        return [col["name"] for col in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+
     assert columns(ftj) == ["Phase", "Progress", "Loss", "Recoveries", "Age"]
     assert columns(ms) == ["Ready", "Adapters", "Endpoint", "Age"]
 
 
-def test_crd_schemas_are_structural(crds):
+def test_crd_schemas_are_structural(generated_crds):
     """No $ref, anyOf or untyped node survives: the API server refuses those."""
 
     def walk(node, path):
@@ -73,7 +76,7 @@ def test_crd_schemas_are_structural(crds):
         if "items" in node:
             walk(node["items"], path + "[]")
 
-    for crd in crds:
+    for crd in generated_crds:
         walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], crd["metadata"]["name"])
 
 

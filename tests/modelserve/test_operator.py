@@ -1,20 +1,18 @@
-"""The ModelServe operator for real: Kopf running `modelserve.handlers` against the
-emulated API server, the devenv Deployment controller turning the Deployment into a pod,
-the test kubelet running the real adapter server on the tiny model, moto S3 holding the
-base model and a peft adapter.
+"""The ModelServe operator for real: Kopf running `modelserve.handlers` against the real
+API server, the real controller manager turning the Deployment into a ReplicaSet and a
+pod, the real scheduler binding it to the node agent's node, which runs the real adapter
+server on the tiny model, with moto S3 (on the pod network) holding the base model and
+a peft adapter.
 
 The main story: a ModelServe references a FineTuneJob that is still running, so its
 adapter is Pending while the base is served; the job then succeeds with an adapter in S3,
 and the ModelServe becomes Ready with that adapter Loaded, by the same pod and process
-(hot load through the ConfigMap, no rollout).
+(hot load through the ConfigMap volume, no rollout).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -25,25 +23,28 @@ from kubetune.devenv.kubeapi import (
     EVENTS,
     FINETUNEJOBS,
     MODELSERVES,
-    PODS,
     SECRETS,
+    SERVICES,
 )
-from kubetune.devenv.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, free_port
-from kubetune.operator.config import OperatorConfig
-from kubetune.operator.kube import Kube
-from kubetune.operator.modelserve import naming
-from kubetune.operator.modelserve.service import ServeService
 from kubetune.workers import objectstore
 from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files, sha256_bytes
-from modelserve_support import wait_for
+from modelserve_support import (
+    adapter_state,
+    condition,
+    finetunejob,
+    replicasets,
+    s3_secret,
+    serve_status,
+    server_pods,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "kubetune-modelserve"
 BASE_URI = f"s3://{BUCKET}/models/tiny"
-ADAPTER_URI = f"s3://{BUCKET}/runs/default/job-a/adapter"
-POD_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+ADAPTER_URI = f"s3://{BUCKET}/runs/ml-team/job-a/adapter"
+PORT = 8080
 
 
 def upload_dir(client, directory: Path, uri: str) -> None:
@@ -72,79 +73,26 @@ def make_adapter(base_dir: Path, out_dir: Path, rank: int = 4) -> tuple[str, int
 
 
 @pytest.fixture(scope="module")
-def s3_models(loopback_s3, tiny_model_path, tmp_path_factory):
-    client = loopback_s3.client()
+def s3_models(cluster_s3, tiny_model_path, tmp_path_factory):
+    """The base model and one adapter in the S3 that pods reach."""
+    client = cluster_s3.client()
     client.create_bucket(Bucket=BUCKET)
     upload_dir(client, tiny_model_path, BASE_URI)
     adapter_dir = tmp_path_factory.mktemp("adapter")
     sha256, size = make_adapter(tiny_model_path, adapter_dir)
     upload_dir(client, adapter_dir, ADAPTER_URI)
-    return loopback_s3, sha256, size
+    return cluster_s3, sha256, size
 
 
-def operator_registry(resync_seconds: float):
-    import kopf
-    from kubetune.operator.modelserve.handlers import register
-
-    registry = kopf.OperatorRegistry()
-
-    @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_) -> None:
-        settings.scanning.disabled = True
-        settings.persistence.finalizer = "kubetune.dev/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="kubetune.dev")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="kubetune.dev", key="last-handled-configuration")
-        settings.watching.server_timeout = 10
-        settings.posting.level = 20
-
-    @kopf.on.login(registry=registry)
-    def login(**kwargs):
-        return kopf.login_with_kubeconfig(**kwargs)
-
-    register(registry, lambda: ServeService(Kube(), OperatorConfig()), resync_seconds)
-    return registry
-
-
-@pytest.fixture
-def operator(cluster, tmp_path, monkeypatch, request):
-    """Kopf in a thread, as `kopf run` would run it; stopped (and joined) after the test.
-    The resync timer ticks every second unless the test parametrizes another interval."""
-    import kopf
-
-    resync = getattr(request, "param", 1.0)
-    monkeypatch.setenv("KUBECONFIG", str(cluster.api.write_kubeconfig(tmp_path / "kubeconfig")))
-    stop_flag, ready_flag = threading.Event(), threading.Event()
-    thread = threading.Thread(target=lambda: asyncio.run(kopf.operator(
-        registry=operator_registry(resync), namespaces=["default"], standalone=True,
-        stop_flag=stop_flag, ready_flag=ready_flag)), daemon=True)
-    thread.start()
-    assert ready_flag.wait(30), "kopf did not start"
-    yield
-    stop_flag.set()
-    thread.join(30)
-    assert not thread.is_alive()
-
-
-def finetunejob(name: str) -> dict:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"baseModel": {"uri": BASE_URI}, "dataset": {"uri": f"s3://{BUCKET}/data.jsonl"},
-                 "output": {"uri": f"s3://{BUCKET}/runs"}},
-    }
-
-
-def modelserve(name: str, port: int, endpoint: str, **spec) -> dict:
+def modelserve(name: str, namespace: str, endpoint: str, **spec) -> dict:
     return {
         "apiVersion": "kubetune.dev/v1alpha1", "kind": "ModelServe",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "baseModel": {"uri": BASE_URI, "servedName": "tiny"},
             "adapters": [{"name": "tuned", "fineTuneJobRef": {"name": "job-a"}}],
             "replicas": 1,
-            "port": port,
+            "port": PORT,
             "resources": {"gpusPerWorker": 0, "cpu": "1", "memory": "2Gi"},
             "storage": {"endpoint": endpoint,
                         "credentials": {"secretRef": {"name": "s3-creds"}}},
@@ -153,96 +101,76 @@ def modelserve(name: str, port: int, endpoint: str, **spec) -> dict:
     }
 
 
-def s3_secret() -> dict:
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    return {"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "s3-creds", "namespace": "default"},
-            "data": {"AWS_ACCESS_KEY_ID": b64(ACCESS_KEY_ID),
-                     "AWS_SECRET_ACCESS_KEY": b64(SECRET_ACCESS_KEY)}}
-
-
-def serve_status(cluster, name: str) -> dict:
-    return (cluster.http.get(MODELSERVES, name, "default") or {}).get("status") or {}
-
-
-def adapter_state(cluster, name: str, adapter: str) -> dict:
-    return next((a for a in serve_status(cluster, name).get("adapters", [])
-                 if a["name"] == adapter), {})
-
-
-def condition(status: dict, kind: str) -> str | None:
-    return next((c["status"] for c in status.get("conditions", []) if c["type"] == kind), None)
-
-
-def server_pods(cluster, serve: str) -> list[dict]:
-    selector = ",".join(f"{k}={v}" for k, v in naming.selector(serve).items())
-    return [p for p in cluster.http.list(PODS, "default", selector)
-            if not p["metadata"].get("deletionTimestamp")]
+def set_job_status(api, namespace: str, name: str, status: dict) -> None:
+    """What the FineTuneJob reconciler would write (it is not running here)."""
+    api.patch(FINETUNEJOBS, name, {"status": status}, namespace, sub="status")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cluster", [POD_ENV], indirect=True)
-def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(cluster, operator, s3_models):
+def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(
+        kube_cluster, kube_namespace, serve_node, operator, s3_models):
     s3, adapter_sha, adapter_size = s3_models
-    http = cluster.http
-    http.create(SECRETS, s3_secret(), "default")
-    http.create(FINETUNEJOBS, finetunejob("job-a"), "default")
-    http.patch(FINETUNEJOBS, "job-a", {"status": {"phase": "Running"}}, "default", sub="status")
-    port = free_port()
-    http.create(MODELSERVES, modelserve("chat", port, s3.endpoint), "default")
+    api, ns = kube_cluster.api, kube_namespace
+    api.create(SECRETS, s3_secret(ns), ns)
+    api.create(FINETUNEJOBS, finetunejob("job-a", ns, BUCKET), ns)
+    set_job_status(api, ns, "job-a", {"phase": "Running"})
+    api.create(MODELSERVES, modelserve("chat", ns, s3.endpoint), ns)
 
     def logs():
-        pods = server_pods(cluster, "chat")
-        text = [cluster.kubelet.logs("default", p["metadata"]["name"])[-3000:] for p in pods]
-        return json.dumps(serve_status(cluster, "chat"), indent=1) + "\n" + "\n".join(text)
+        pods = server_pods(api, ns, "chat")
+        text = [f"{p['metadata']['name']}: {json.dumps(p.get('status'))}\n"
+                + serve_node.logs(ns, p["metadata"]["name"])[-3000:] for p in pods]
+        return json.dumps(serve_status(api, ns, "chat"), indent=1) + "\n" + "\n".join(text)
 
     # The base is served while the adapter waits for its job: Ready, adapter Pending.
-    wait_for(lambda: condition(serve_status(cluster, "chat"), "Ready") == "True",
+    wait_for(lambda: condition(serve_status(api, ns, "chat"), "Ready") == "True",
              "the ModelServe Ready on the base alone", timeout=180, on_timeout=logs)
-    status = serve_status(cluster, "chat")
-    pending = adapter_state(cluster, "chat", "tuned")
+    status = serve_status(api, ns, "chat")
+    pending = adapter_state(api, ns, "chat", "tuned")
     assert pending["state"] == "Pending"
     assert "job-a" in pending["message"] and "Running" in pending["message"]
-    assert status["endpoint"] == f"http://chat-serve.default.svc:{port}/v1"
+    assert status["endpoint"] == f"http://chat-serve.{ns}.svc:{PORT}/v1"
     shown = (status["readyReplicas"], status["readyDisplay"], status["adaptersDisplay"])
     assert shown == (1, "1/1", "0/1")
-    (pod,) = server_pods(cluster, "chat")
+    assert status["observedGeneration"] == api.get(MODELSERVES, "chat", ns)["metadata"][
+        "generation"]
+    (pod,) = server_pods(api, ns, "chat")
+    assert pod["spec"]["nodeName"] == "node-1"
     pod_name, pod_uid = pod["metadata"]["name"], pod["metadata"]["uid"]
-    pid = cluster.kubelet.running[("default", pod_name)].process.pid
-    deployment_generation = http.get(DEPLOYMENTS, "chat-serve", "default")["metadata"]["generation"]
-    config = json.loads(http.get(CONFIGMAPS, "chat-serve-config", "default")["data"]["config.json"])
+    (container,) = pod["status"]["containerStatuses"]
+    pid = serve_node.running[(ns, pod_name)].process.pid
+    deployment_generation = api.get(DEPLOYMENTS, "chat-serve", ns)["metadata"]["generation"]
+    config = json.loads(api.get(CONFIGMAPS, "chat-serve-config", ns)["data"]["config.json"])
     assert config["adapters"] == []
 
     # The job succeeds: no edit to the ModelServe, the adapter is resolved and hot-loaded.
-    http.patch(FINETUNEJOBS, "job-a", {"status": {"phase": "Succeeded", "adapter": {
-        "uri": ADAPTER_URI, "sha256": adapter_sha, "sizeBytes": adapter_size}}}, "default",
-        sub="status")
-    wait_for(lambda: adapter_state(cluster, "chat", "tuned").get("state") == "Loaded"
-             and condition(serve_status(cluster, "chat"), "Ready") == "True",
+    set_job_status(api, ns, "job-a", {"phase": "Succeeded", "adapter": {
+        "uri": ADAPTER_URI, "sha256": adapter_sha, "sizeBytes": adapter_size}})
+    wait_for(lambda: adapter_state(api, ns, "chat", "tuned").get("state") == "Loaded"
+             and condition(serve_status(api, ns, "chat"), "Ready") == "True",
              "the adapter Loaded and the ModelServe Ready", timeout=120, on_timeout=logs)
-    loaded = adapter_state(cluster, "chat", "tuned")
+    loaded = adapter_state(api, ns, "chat", "tuned")
     assert (loaded["uri"], loaded["sha256"], loaded["replicasLoaded"]) == (
         ADAPTER_URI, adapter_sha, 1)
-    status = serve_status(cluster, "chat")
+    status = serve_status(api, ns, "chat")
     assert (status["phase"], status["adaptersDisplay"]) == ("Ready", "1/1")
     assert condition(status, "Reconciling") == "False" and condition(status, "Stalled") == "False"
 
-    # Same pod, same process, no rollout: only the ConfigMap changed.
-    (pod,) = server_pods(cluster, "chat")
+    # Same pod, same container, same process, no rollout: only the ConfigMap changed.
+    (pod,) = server_pods(api, ns, "chat")
     assert (pod["metadata"]["name"], pod["metadata"]["uid"]) == (pod_name, pod_uid)
-    assert cluster.kubelet.running[("default", pod_name)].process.pid == pid
-    assert cluster.kubelet.history == []
-    deployment = http.get(DEPLOYMENTS, "chat-serve", "default")
+    (after,) = pod["status"]["containerStatuses"]
+    assert (after["restartCount"], after["containerID"]) == (0, container["containerID"])
+    assert serve_node.running[(ns, pod_name)].process.pid == pid
+    assert len(replicasets(api, ns, "chat")) == 1
+    deployment = api.get(DEPLOYMENTS, "chat-serve", ns)
     assert deployment["metadata"]["generation"] == deployment_generation
-    config = json.loads(http.get(CONFIGMAPS, "chat-serve-config", "default")["data"]["config.json"])
+    config = json.loads(api.get(CONFIGMAPS, "chat-serve-config", ns)["data"]["config.json"])
     assert config["adapters"] == [{"name": "tuned", "uri": ADAPTER_URI, "sha256": adapter_sha}]
 
     # And the adapter answers through the pod's OpenAI API.
-    ip = pod["status"]["podIP"]
     request = urllib.request.Request(
-        f"http://{ip}:{port}/v1/completions", method="POST",
+        f"http://{pod['status']['podIP']}:{PORT}/v1/completions", method="POST",
         data=json.dumps({"model": "tuned", "prompt": "Add the numbers", "max_tokens": 4,
                          "temperature": 0}).encode(),
         headers={"Content-Type": "application/json"})
@@ -251,54 +179,60 @@ def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(cluster, ope
     assert body["model"] == "tuned" and body["usage"]["completion_tokens"] >= 1
 
 
-def test_invalid_spec_is_stalled_with_an_event_and_creates_nothing(cluster, operator):
+def test_invalid_spec_is_stalled_with_an_event_and_creates_nothing(
+        kube_cluster, kube_namespace, operator):
+    api, ns = kube_cluster.api, kube_namespace
     # Passes the CRD schema, but pins on-demand nodes while asking for spot capacity.
-    body = modelserve("bad", free_port(), "http://127.0.0.1:9", resources={
+    body = modelserve("bad", ns, "http://127.0.0.1:9", resources={
         "spot": True, "gpusPerWorker": 0,
         "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}})
-    cluster.http.create(MODELSERVES, body, "default")
-    wait_for(lambda: condition(serve_status(cluster, "bad"), "Stalled") == "True",
-             "Stalled", on_timeout=lambda: serve_status(cluster, "bad"))
-    status = serve_status(cluster, "bad")
+    created = api.create(MODELSERVES, body, ns)
+    wait_for(lambda: condition(serve_status(api, ns, "bad"), "Stalled") == "True",
+             "Stalled", on_timeout=lambda: serve_status(api, ns, "bad"))
+    status = serve_status(api, ns, "bad")
     assert status["phase"] == "Failed"
     assert condition(status, "Ready") == "False"
+    assert status["observedGeneration"] == created["metadata"]["generation"]
     assert "nodeSelector" in status["message"]
-    wait_for(lambda: [e for e in cluster.http.list(EVENTS, "default")
-                      if e["involvedObject"]["name"] == "bad" and e["reason"] == "InvalidSpec"],
-             "an InvalidSpec Event", timeout=20)
-    assert cluster.http.get(DEPLOYMENTS, "bad-serve", "default") is None
-    assert cluster.http.get(CONFIGMAPS, "bad-serve-config", "default") is None
+    events = wait_for(lambda: [e for e in api.list(EVENTS, ns)
+                               if e["involvedObject"]["name"] == "bad"
+                               and e["reason"] == "InvalidSpec"],
+                      "an InvalidSpec Event", timeout=20)
+    assert events[0]["type"] == "Warning"
+    assert events[0]["involvedObject"]["uid"] == created["metadata"]["uid"]
+    assert api.get(DEPLOYMENTS, "bad-serve", ns) is None
+    assert api.get(SERVICES, "bad-serve", ns) is None
+    assert api.get(CONFIGMAPS, "bad-serve-config", ns) is None
+    assert server_pods(api, ns, "bad") == []
 
 
 @pytest.mark.parametrize("operator", [3600.0], indirect=True)
-def test_a_job_finishing_reconciles_its_modelserves_at_once(cluster, operator):
+def test_a_job_finishing_reconciles_its_modelserves_at_once(kube_cluster, kube_namespace,
+                                                            operator):
     """With the resync timer an hour away, only the FineTuneJob watch can carry the new
     adapter into the ConfigMap (zero replicas: no server is needed to see it)."""
-    http = cluster.http
-    http.create(FINETUNEJOBS, finetunejob("job-a"), "default")
-    http.create(MODELSERVES, modelserve("idle", free_port(), "http://127.0.0.1:9",
-                                        replicas=0), "default")
-    wait_for(lambda: adapter_state(cluster, "idle", "tuned").get("state") == "Pending",
-             "the adapter Pending", on_timeout=lambda: serve_status(cluster, "idle"))
+    api, ns = kube_cluster.api, kube_namespace
+    api.create(FINETUNEJOBS, finetunejob("job-a", ns, BUCKET), ns)
+    api.create(MODELSERVES, modelserve("idle", ns, "http://127.0.0.1:9", replicas=0), ns)
+    wait_for(lambda: adapter_state(api, ns, "idle", "tuned").get("state") == "Pending",
+             "the adapter Pending", on_timeout=lambda: serve_status(api, ns, "idle"))
 
     def served() -> list:
-        configmap = http.get(CONFIGMAPS, "idle-serve-config", "default")
+        configmap = api.get(CONFIGMAPS, "idle-serve-config", ns)
         return json.loads(configmap["data"]["config.json"])["adapters"]
 
     assert served() == []
-    http.patch(FINETUNEJOBS, "job-a", {"status": {"phase": "Succeeded", "adapter": {
-        "uri": ADAPTER_URI, "sha256": "f" * 64}}}, "default", sub="status")
+    set_job_status(api, ns, "job-a", {"phase": "Succeeded", "adapter": {
+        "uri": ADAPTER_URI, "sha256": "f" * 64}})
     wait_for(lambda: served() == [{"name": "tuned", "uri": ADAPTER_URI, "sha256": "f" * 64}],
              "the adapter in the ConfigMap", timeout=15)
-    wait_for(lambda: adapter_state(cluster, "idle", "tuned").get("uri") == ADAPTER_URI,
+    wait_for(lambda: adapter_state(api, ns, "idle", "tuned").get("uri") == ADAPTER_URI,
              "the adapter resolved in status", timeout=15)
 
-    http.patch(FINETUNEJOBS, "job-a", {"status": {"phase": "Failed",
-                                                  "message": "trainer exited 1"}},
-               "default", sub="status")
-    wait_for(lambda: adapter_state(cluster, "idle", "tuned").get("state") == "Failed",
+    set_job_status(api, ns, "job-a", {"phase": "Failed", "message": "trainer exited 1"})
+    wait_for(lambda: adapter_state(api, ns, "idle", "tuned").get("state") == "Failed",
              "the adapter Failed with its job", timeout=15)
-    assert "trainer exited 1" in adapter_state(cluster, "idle", "tuned")["message"]
+    assert "trainer exited 1" in adapter_state(api, ns, "idle", "tuned")["message"]
     assert served() == []
-    status = serve_status(cluster, "idle")
+    status = serve_status(api, ns, "idle")
     assert status["phase"] == "Degraded" and condition(status, "Stalled") == "True"

@@ -1,42 +1,36 @@
-"""`ServeService.reconcile` against the emulated API server over HTTP, through the
-operator's real client (`kube.Kube`), with no pods running: what it creates, that a
-repeat costs no write, and how spec changes reach the children."""
+"""`ServeService.reconcile` against the real API server and controller manager, through
+the operator's real client (`kube.Kube`), with no node to run the pods: what it creates,
+that the real Pod Security admission takes its pods, that a settled repeat costs no
+write, and how spec changes reach the children (and which ones roll the Deployment).
+
+The controller manager writes Deployment status between two reconciles, so "converges
+without writes" is checked once that status has settled, as it would on a cluster."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from kubetune.devenv.apiserver import EmulatedApiServer
-from kubetune.devenv.kubeapi import (
-    CONFIGMAPS,
-    DEPLOYMENTS,
-    MODELSERVES,
-    SERVICES,
-    KubeHttp,
-    Resource,
-)
+from kubetune.devenv.kubeapi import CONFIGMAPS, DEPLOYMENTS, MODELSERVES, SERVICES
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.modelserve.builders import RESTART_HASH_ANNOTATION
 from kubetune.operator.modelserve.service import ServeService
+from modelserve_support import PDBS, replicasets, server_pods, wait_for
 
 pytestmark = pytest.mark.integration
-PDBS = Resource("policy", "v1", "poddisruptionbudgets")
 
 
 @pytest.fixture
-def env(crds, admission, tmp_path, monkeypatch):
-    with EmulatedApiServer(crds=crds, admission=admission) as api:
-        monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
-        kube = Kube()
-        yield KubeHttp(api.url), kube, ServeService(kube, OperatorConfig())
+def env(kube_cluster, kube_namespace, kubeconfig):
+    kube = Kube()
+    return kube_cluster.api, kube_namespace, kube, ServeService(kube, OperatorConfig())
 
 
-def serve_body() -> dict:
+def serve_body(namespace: str) -> dict:
     return {
         "apiVersion": "kubetune.dev/v1alpha1", "kind": "ModelServe",
-        "metadata": {"name": "chat", "namespace": "default"},
+        "metadata": {"name": "chat", "namespace": namespace},
         "spec": {
             "baseModel": {"uri": "s3://models/base"},
             "adapters": [
@@ -48,60 +42,94 @@ def serve_body() -> dict:
     }
 
 
-def reconcile(http, service) -> dict:
-    return service.reconcile(http.get(MODELSERVES, "chat", "default"))
+def reconcile(api, namespace, service) -> dict:
+    return service.reconcile(api.get(MODELSERVES, "chat", namespace))
+
+
+def settled(api, namespace: str, replicas: int):
+    """The Deployment as its controller left it: latest generation observed, `replicas`
+    pods created (they stay Pending: no node matches `pool: serve`)."""
+    def check():
+        deployment = api.get(DEPLOYMENTS, "chat-serve", namespace)
+        status = deployment.get("status") or {}
+        done = (status.get("observedGeneration") == deployment["metadata"]["generation"]
+                and status.get("replicas", 0) == replicas
+                and status.get("updatedReplicas", 0) == replicas
+                and len(server_pods(api, namespace, "chat")) == replicas)
+        return deployment if done else None
+
+    return wait_for(check, f"the Deployment settled at {replicas} replicas", on_timeout=lambda: (
+        json.dumps((api.get(DEPLOYMENTS, "chat-serve", namespace) or {}).get("status"))))
+
+
+def configmap_adapters(api, namespace: str) -> list[str]:
+    configmap = api.get(CONFIGMAPS, "chat-serve-config", namespace)
+    return [a["name"] for a in json.loads(configmap["data"]["config.json"])["adapters"]]
 
 
 def test_reconcile_creates_children_then_converges_without_writes(env):
-    http, kube, service = env
-    http.create(MODELSERVES, serve_body(), "default")
-    status = reconcile(http, service)
-    assert http.get(SERVICES, "chat-serve", "default") is not None
-    deployment = http.get(DEPLOYMENTS, "chat-serve", "default")
+    api, namespace, kube, service = env
+    api.create(MODELSERVES, serve_body(namespace), namespace)
+    status = reconcile(api, namespace, service)
+    assert api.get(SERVICES, "chat-serve", namespace)["spec"]["clusterIP"]
+    deployment = api.get(DEPLOYMENTS, "chat-serve", namespace)
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelServe"
-    config = json.loads(http.get(CONFIGMAPS, "chat-serve-config", "default")["data"]["config.json"])
-    assert [a["name"] for a in config["adapters"]] == ["ready-made"]
-    assert http.get(PDBS, "chat-serve", "default") is None
-    stored = http.get(MODELSERVES, "chat", "default")["status"]
+    assert configmap_adapters(api, namespace) == ["ready-made"]
+    assert api.get(PDBS, "chat-serve", namespace) is None
+    stored = api.get(MODELSERVES, "chat", namespace)["status"]
     assert stored == status
     assert stored["phase"] == "Progressing"
+    assert stored["observedGeneration"] == 1
     assert {a["name"]: a["state"] for a in stored["adapters"]} == {
         "ready-made": "Loading", "tuned": "Pending"}
     assert "job-a: not found" in stored["adapters"][1]["message"]
 
+    # The ReplicaSet controller could create the pod: restricted Pod Security admits it.
+    settled(api, namespace, replicas=1)
+    (pod,) = server_pods(api, namespace, "chat")
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    status = reconcile(api, namespace, service)
+    assert (status["phase"], status["message"]) == ("Progressing", "0/1 replicas ready")
+
     before = dict(kube.requests)
-    reconcile(http, service)
+    reconcile(api, namespace, service)
     writes = {verb: kube.requests[verb] - before.get(verb, 0)
               for verb in ("POST", "PATCH", "DELETE")}
     assert writes == {"POST": 0, "PATCH": 0, "DELETE": 0}
 
 
 def test_spec_changes_reach_children_pdb_follows_replicas(env):
-    http, _, service = env
-    http.create(MODELSERVES, serve_body(), "default")
-    reconcile(http, service)
-    first = http.get(DEPLOYMENTS, "chat-serve", "default")
+    api, namespace, _, service = env
+    api.create(MODELSERVES, serve_body(namespace), namespace)
+    reconcile(api, namespace, service)
+    first = settled(api, namespace, replicas=1)
 
-    http.patch(MODELSERVES, "chat", {"spec": {"replicas": 3, "adapters": [
+    # Replicas and adapters: scaled in place, the pod template untouched (no rollout).
+    api.patch(MODELSERVES, "chat", {"spec": {"replicas": 3, "adapters": [
         {"name": "ready-made", "uri": "s3://adapters/ready-made"},
-        {"name": "other", "uri": "s3://adapters/other"}]}}, "default")
-    reconcile(http, service)
-    scaled = http.get(DEPLOYMENTS, "chat-serve", "default")
+        {"name": "other", "uri": "s3://adapters/other"}]}}, namespace)
+    status = reconcile(api, namespace, service)
+    assert status["observedGeneration"] == api.get(MODELSERVES, "chat", namespace)[
+        "metadata"]["generation"] == 2
+    scaled = api.get(DEPLOYMENTS, "chat-serve", namespace)
     assert scaled["spec"]["replicas"] == 3
     assert scaled["spec"]["template"] == first["spec"]["template"]
-    config = json.loads(http.get(CONFIGMAPS, "chat-serve-config", "default")["data"]["config.json"])
-    assert [a["name"] for a in config["adapters"]] == ["ready-made", "other"]
-    assert http.get(PDBS, "chat-serve", "default")["spec"]["maxUnavailable"] == 1
+    assert configmap_adapters(api, namespace) == ["ready-made", "other"]
+    assert api.get(PDBS, "chat-serve", namespace)["spec"]["maxUnavailable"] == 1
+    settled(api, namespace, replicas=3)
+    assert len(replicasets(api, namespace, "chat")) == 1
 
-    http.patch(MODELSERVES, "chat", {"spec": {
+    # A new base model rolls; the dropped selector label leaves the live template.
+    api.patch(MODELSERVES, "chat", {"spec": {
         "replicas": 1, "baseModel": {"uri": "s3://models/base-v2"},
-        "resources": {"gpusPerWorker": 0, "nodeSelector": None}}}, "default")
-    reconcile(http, service)
-    rolled = http.get(DEPLOYMENTS, "chat-serve", "default")
+        "resources": {"gpusPerWorker": 0, "nodeSelector": None}}}, namespace)
+    reconcile(api, namespace, service)
+    rolled = api.get(DEPLOYMENTS, "chat-serve", namespace)
     annotations = rolled["spec"]["template"]["metadata"]["annotations"]
     assert annotations[RESTART_HASH_ANNOTATION] != first["spec"]["template"]["metadata"][
         "annotations"][RESTART_HASH_ANNOTATION]
-    # The dropped selector label is removed from the live template, not left behind.
     assert rolled["spec"]["template"]["spec"]["nodeSelector"] == {
         "karpenter.sh/capacity-type": "on-demand"}
-    assert http.get(PDBS, "chat-serve", "default") is None
+    assert api.get(PDBS, "chat-serve", namespace) is None
+    wait_for(lambda: len(replicasets(api, namespace, "chat")) == 2,
+             "a second ReplicaSet for the new template")

@@ -1,6 +1,6 @@
-"""The pieces of a loopback cluster for the operator tests: emulated API server, the
-operator as a `python -m kubetune.operator` subprocess (logged in through a kubeconfig),
-a small FineTuneJob on the tiny model, and polling helpers."""
+"""The pieces of a cluster for the operator tests: a namespace of the real control plane,
+the operator as a `python -m kubetune.operator` subprocess (logged in through a
+kubeconfig), a small FineTuneJob on the tiny model, and polling helpers."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetune.devenv.apiserver import EmulatedApiServer
-from kubetune.devenv.kubeapi import FINETUNEJOBS, PODS, KubeHttp
+from kubetune.devenv.kubeapi import FINETUNEJOBS, PODS, ApiError, KubeHttp
 
 REPO = Path(__file__).resolve().parents[2]
-NAMESPACE = "team-a"
 BUCKET = "ftj-out"
 SPOT = {"karpenter.sh/capacity-type": "spot"}
 ON_DEMAND = {"karpenter.sh/capacity-type": "on-demand"}
@@ -33,7 +31,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def finetunejob(name: str, model: Path, endpoint: str, **overrides) -> dict:
+def finetunejob(name: str, model: Path | str, endpoint: str, **overrides) -> dict:
     """A small QLoRA run on the tiny model: 12 steps, checkpoint every 4, spot."""
     spec = {
         "baseModel": {"uri": f"file://{model}"},
@@ -56,7 +54,7 @@ def finetunejob(name: str, model: Path, endpoint: str, **overrides) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+            "metadata": {"name": name}, "spec": spec}
 
 
 @dataclass
@@ -65,6 +63,7 @@ class OperatorProcess:
 
     kubeconfig: Path
     workdir: Path
+    namespace: str
     env: dict
     proc: subprocess.Popen | None = None
     starts: int = 0
@@ -77,7 +76,7 @@ class OperatorProcess:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubetune.operator", "--standalone",
-                 f"--namespace={NAMESPACE}", "--log-format=plain", "--verbose"],
+                 f"--namespace={self.namespace}", "--log-format=plain", "--verbose"],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
         return self
 
@@ -104,23 +103,29 @@ class OperatorProcess:
 
 @dataclass
 class Cluster:
-    server: EmulatedApiServer
+    """One test's view: its namespace, an admin client and kubeconfig defaulting to it."""
+
     api: KubeHttp
     kubeconfig: Path
     workdir: Path
+    namespace: str
+    control_plane: object = None  # the ControlPlane (audit log, kubeconfigs)
     s3: object = None  # the LoopbackS3, when the test has one
 
+    def create(self, body: dict) -> dict:
+        return self.api.create(FINETUNEJOBS, body, self.namespace)
+
     def job(self, name: str) -> dict | None:
-        return self.api.get(FINETUNEJOBS, name, NAMESPACE)
+        return self.api.get(FINETUNEJOBS, name, self.namespace)
 
     def status(self, name: str) -> dict:
         return (self.job(name) or {}).get("status") or {}
 
     def pods(self) -> list[dict]:
-        return self.api.list(PODS, NAMESPACE)
+        return self.api.list(PODS, self.namespace)
 
     def events(self, name: str) -> list[dict]:
-        items = self.api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events").get("items", [])
+        items = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/events").get("items", [])
         return [e for e in items if e["involvedObject"].get("name") == name]
 
     def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict:
@@ -133,15 +138,18 @@ class Cluster:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_CONFIG": str(config),
                "KUBETUNE_RECONCILE_INTERVAL": INTERVAL, "PYTHONUNBUFFERED": "1",
                **(extra_env or {})}
-        return OperatorProcess(self.kubeconfig, self.workdir, env)
+        return OperatorProcess(self.kubeconfig, self.workdir, self.namespace, env)
 
 
-def make_cluster(tmp_path: Path, crds, admission) -> tuple[EmulatedApiServer, Cluster]:
-    server = EmulatedApiServer(crds=crds, admission=admission).start()
-    api = KubeHttp(server.url)
-    api.request("POST", "/api/v1/namespaces",
-              {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
-    return server, Cluster(server, api, kubeconfig, tmp_path)
 
 
+def create_until_accepted(cluster: Cluster, body: dict, timeout: float = 15) -> dict:
+    """The API server serves a changed CRD schema within moments, not at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return cluster.create(body)
+        except ApiError as exc:
+            if exc.status != 422 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

@@ -1,14 +1,15 @@
-"""A FineTuneJob that bypassed admission (no CRD validation on this API server) reaches the
-real operator process: it creates nothing, says which field is wrong, and stops there."""
+"""A FineTuneJob the API server let through (its CRD older than the operator, see
+`lenient_crd`) reaches the real operator process: it creates nothing, says which field
+is wrong, and stops there."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from ftj_harness import NAMESPACE, finetunejob, wait_for
+from ftj_harness import create_until_accepted, finetunejob, wait_for
 
-from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, SERVICES
+from kubetune.devenv.kubeapi import CONFIGMAPS, SERVICES
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ def test_invalid_spec_is_stalled_naming_the_field_and_creates_nothing(bare_clust
         body["spec"]["baseModel"]["uri"] = "file:///models/tiny"
         body["spec"]["training"]["learningRate"] = -0.5
         body["spec"]["dataset"]["evalFraction"] = 0.9
-        cluster.api.create(FINETUNEJOBS, body, NAMESPACE)
+        create_until_accepted(cluster, body)
         status = cluster.wait_phase("typo", {"Failed"}, 30)
         stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
         assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
@@ -37,8 +38,10 @@ def test_invalid_spec_is_stalled_naming_the_field_and_creates_nothing(bare_clust
         time.sleep(5)  # two timer ticks: refused once, never rewritten
         assert cluster.job("typo")["metadata"]["resourceVersion"] == version
         assert cluster.pods() == []
-        assert cluster.api.list(CONFIGMAPS, NAMESPACE) == []
-        assert cluster.api.list(SERVICES, NAMESPACE) == []
+        # Every namespace has the cluster's kube-root-ca.crt; the operator made nothing.
+        assert [c["metadata"]["name"] for c in cluster.api.list(CONFIGMAPS, cluster.namespace)] \
+            == ["kube-root-ca.crt"]
+        assert cluster.api.list(SERVICES, cluster.namespace) == []
         assert "PermanentError" in operator.log_text() or "failed permanently" in \
             operator.log_text()
     finally:

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from ftj_harness import NAMESPACE, finetunejob
+from ftj_harness import finetunejob
 
 from kubetune.devenv.kubeapi import FINETUNEJOBS
 
@@ -18,10 +18,10 @@ RESTARTS = int(os.environ.get("KUBETUNE_TEST_RESTARTS", "10"))
 
 
 class Watcher:
-    """Samples the pod list and the kubelet's running processes every 50 ms."""
+    """Samples the pod list and the node agent's running processes every 50 ms."""
 
-    def __init__(self, cluster, kubelet, job: str):
-        self.cluster, self.kubelet, self.job = cluster, kubelet, job
+    def __init__(self, cluster, agent, job: str):
+        self.cluster, self.agent, self.job = cluster, agent, job
         self.max_pods = 0
         self.max_running = 0
         self.uids: set[str] = set()
@@ -34,7 +34,7 @@ class Watcher:
                     if p["metadata"]["name"].startswith(self.job + "-")]
             self.max_pods = max(self.max_pods, len(pods))
             self.uids.update(p["metadata"]["uid"] for p in pods)
-            running = [k for k in list(self.kubelet.running) if k[1].startswith(self.job + "-")]
+            running = [k for k in list(self.agent.running) if k[1].startswith(self.job + "-")]
             self.max_running = max(self.max_running, len(running))
 
     def __enter__(self) -> Watcher:
@@ -48,16 +48,16 @@ class Watcher:
 
 def test_operator_restarts_lose_nothing_and_duplicate_nothing(training_cluster,
                                                               tiny_model_path):
-    cluster, kubelet = training_cluster
+    cluster, agent = training_cluster
     seed = int(os.environ.get("KUBETUNE_TEST_SEED", time.time()))
     rng = random.Random(seed)
     print(f"restart seed {seed}")
     operator = cluster.operator().start()
     try:
-        with Watcher(cluster, kubelet, "steady") as watcher:
+        with Watcher(cluster, agent, "steady") as watcher:
             cluster.api.create(FINETUNEJOBS, finetunejob(
                 "steady", tiny_model_path, cluster.s3.endpoint,
-                **{"training.maxSteps": 150, "spot.checkpointIntervalSteps": 25}), NAMESPACE)
+                **{"training.maxSteps": 150, "spot.checkpointIntervalSteps": 25}), cluster.namespace)
             restarts = 0
             # Most of a run is the trainer starting up; spread the kills over all of it.
             while restarts < RESTARTS:
@@ -75,9 +75,9 @@ def test_operator_restarts_lose_nothing_and_duplicate_nothing(training_cluster,
         # One head pod object ever existed, it was started once, and ran alone.
         assert watcher.max_pods == 1 and len(watcher.uids) == 1
         assert watcher.max_running == 1
-        started = [p for p in (cluster.workdir / "kubelet").iterdir()
-                   if p.name.startswith(f"{NAMESPACE}_steady-head_")]
+        started = [p for p in agent.workdir.iterdir()
+                   if p.name.startswith(f"{cluster.namespace}_steady-head_")]
         assert len(started) == 1
-        assert [h["exitCode"] for h in kubelet.history if h["name"] == "steady-head"] == [0]
+        assert [h["exitCode"] for h in agent.history if h["name"] == "steady-head"] == [0]
     finally:
         operator.stop()

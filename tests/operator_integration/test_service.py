@@ -1,5 +1,6 @@
-"""The reconcile service against the emulated API server over HTTP, with no kubelet: pod
-states are written by the test the way a kubelet would, so each decision is checked."""
+"""The reconcile service against the real API server, with no node agent: pods are bound
+and their states written by the test the way the scheduler and a kubelet would (through
+the binding and status subresources), so each decision is checked."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ftj_harness import NAMESPACE, SPOT, finetunejob
+from ftj_harness import SPOT, create_until_accepted, finetunejob
 
+from kubetune.devenv.controlplane import Identity
 from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SECRETS, SERVICES
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.finalizer import Finalizer
@@ -30,9 +32,16 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
+OPERATOR_USER = "kubetune-operator-under-test"
+
+
 @pytest.fixture
 def env(cluster, monkeypatch, tmp_path):
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    """The service logs in as a user of its own, so the audit log tells its requests
+    apart from the test's."""
+    identity = Identity(OPERATOR_USER, ("system:masters",))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.control_plane.kubeconfig(identity, cluster.namespace)))
+    cluster.nodes_added = []
     kube = Kube(new_api_client())
     events: list[tuple] = []
     clock = Clock()
@@ -41,21 +50,33 @@ def env(cluster, monkeypatch, tmp_path):
                               emit=lambda body, kind, reason, message: events.append(
                                   (kind, reason, message)),
                               now=clock, poll=lambda pod, port: polls[-1] if polls else None)
-    return cluster, kube, service, events, clock, polls
+    yield cluster, kube, service, events, clock, polls
+    for name in cluster.nodes_added:
+        cluster.api.delete(NODES, name)
+
+
+def add_node(cluster, name: str, labels: dict) -> None:
+    """A Node with no agent behind it (so nothing runs there), removed after the test."""
+    cluster.api.create(NODES, {"metadata": {"name": name, "labels": labels}})
+    cluster.nodes_added.append(name)
 
 
 def apply(cluster, name="svc", **overrides) -> dict:
     body = finetunejob(name, "/models/tiny", "http://127.0.0.1:9", **overrides)
     body["spec"]["baseModel"]["uri"] = "file:///models/tiny"
-    return cluster.api.create(FINETUNEJOBS, body, NAMESPACE)
+    return cluster.api.create(FINETUNEJOBS, body, cluster.namespace)
 
 
 def run_pod(cluster, name: str, node="spot-1", started="2026-11-01T12:00:05Z") -> None:
-    cluster.api.patch(PODS, name, {"spec": {"nodeName": node}}, NAMESPACE)
+    cluster.api.request("POST", f"/api/v1/namespaces/{cluster.namespace}/pods/{name}/binding", {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
     cluster.api.patch(PODS, name, {"status": {
-        "phase": "Running", "podIP": "127.0.0.9", "startTime": started,
-        "containerStatuses": [{"name": "trainer", "state": {"running": {"startedAt": started}}}],
-    }}, NAMESPACE, sub="status")
+        "phase": "Running", "podIP": "10.244.200.9", "podIPs": [{"ip": "10.244.200.9"}],
+        "startTime": started,
+        "containerStatuses": [{"name": "trainer", "image": "trainer", "imageID": "", "ready": True,
+                               "restartCount": 0, "state": {"running": {"startedAt": started}}}],
+    }}, cluster.namespace, sub="status")
 
 
 def end_pod(cluster, name: str, code: int, message: str, disrupted=False) -> None:
@@ -63,10 +84,11 @@ def end_pod(cluster, name: str, code: int, message: str, disrupted=False) -> Non
                    "reason": "TerminationByKubelet"}] if disrupted else []
     cluster.api.patch(PODS, name, {"status": {
         "phase": "Succeeded" if code == 0 else "Failed", "conditions": conditions,
-        "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "containerStatuses": [{"name": "trainer", "image": "trainer", "imageID": "", "ready": False,
+                               "restartCount": 0, "state": {"terminated": {
             "exitCode": code, "message": message, "startedAt": "2026-11-01T12:00:05Z",
             "finishedAt": "2026-11-01T12:01:05Z"}}}],
-    }}, NAMESPACE, sub="status")
+    }}, cluster.namespace, sub="status")
 
 
 def reconcile(cluster, service, name="svc", sync=False):
@@ -78,12 +100,12 @@ def test_creates_children_once_with_owner_refs_then_writes_nothing_when_unchange
     job = apply(cluster)
     result = reconcile(cluster, service, sync=True)
     assert result.wrote_status and result.phase == "Scheduling"
-    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "1"
     assert head["spec"]["securityContext"]["runAsUser"] == 65532
-    assert cluster.api.get(CONFIGMAPS, "svc-spec", NAMESPACE) is not None
-    assert cluster.api.get(SERVICES, "svc-head", NAMESPACE) is not None
+    assert cluster.api.get(CONFIGMAPS, "svc-spec", cluster.namespace) is not None
+    assert cluster.api.get(SERVICES, "svc-head", cluster.namespace) is not None
     status = cluster.status("svc")
     assert status["attempt"] == 1 and status["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]}["Reconciling"] == "True"
@@ -101,10 +123,10 @@ def test_configmap_is_patched_only_when_the_spec_changed(env):
     cluster, kube, service, *_ = env
     apply(cluster)
     reconcile(cluster, service, sync=True)
-    cluster.api.patch(FINETUNEJOBS, "svc", {"spec": {"spot": {"maxRecoveries": 4}}}, NAMESPACE)
+    cluster.api.patch(FINETUNEJOBS, "svc", {"spec": {"spot": {"maxRecoveries": 4}}}, cluster.namespace)
     before = kube.requests["PATCH"]
     reconcile(cluster, service, sync=True)
-    data = cluster.api.get(CONFIGMAPS, "svc-spec", NAMESPACE)["data"]["spec.json"]
+    data = cluster.api.get(CONFIGMAPS, "svc-spec", cluster.namespace)["data"]["spec.json"]
     assert '"maxRecoveries": 4' in data
     assert kube.requests["PATCH"] - before == 2  # the ConfigMap and the status
     assert cluster.status("svc")["observedGeneration"] == 2
@@ -114,7 +136,7 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     cluster, kube, service, events, clock, polls = env
     apply(cluster)
     reconcile(cluster, service, sync=True)
-    cluster.api.create(NODES, {"metadata": {"name": "spot-1", "labels": SPOT}})
+    add_node(cluster, "spot-1", SPOT)
     run_pod(cluster, "svc-head")
     polls.append({"phase": "Training", "step": 6, "totalSteps": 12, "loss": 2.5,
                   "lastCheckpoint": {"step": 4, "uri": "s3://b/c/step-4"},
@@ -130,14 +152,14 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     assert (status["recoveries"], status["errorRetries"], status["attempt"]) == (1, 0, 2)
     assert status["lastCheckpoint"]["step"] == 7
     assert status["nextAttemptAfter"].startswith("2026-11-01T12:00:01")
-    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None  # the ended attempt's pod
+    assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None  # the ended attempt's pod
     assert ("Normal", "Preempted") in [(kind, reason) for kind, reason, _ in events]
 
     assert reconcile(cluster, service).retry_after is not None  # backoff: not yet
-    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None
+    assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None
     clock.advance(2)
     assert reconcile(cluster, service).wrote_status
-    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
     # A second look at the same state counts nothing twice.
     reconcile(cluster, service)
@@ -152,48 +174,49 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
 
 
 def secret_calls(cluster, since: int) -> list[tuple[str, str]]:
-    """The operator's requests on Secrets after request number `since`."""
-    log = cluster.server.emulator.request_log[since:]
-    return [(str(r.method.value).upper(), r.url.path) for r in log if "/secrets" in r.url.path]
+    """The operator's requests on Secrets after audit-log position `since`."""
+    events = cluster.control_plane.audit_events(OPERATOR_USER, since)
+    return [(e["verb"], e["requestURI"]) for e in events
+            if (e.get("objectRef") or {}).get("resource") == "secrets"]
 
 
 def token_of(cluster, name: str) -> str:
-    secret = cluster.api.get(SECRETS, f"{name}-ray-auth", NAMESPACE)
+    secret = cluster.api.get(SECRETS, f"{name}-ray-auth", cluster.namespace)
     return base64.b64decode(secret["data"]["token"]).decode()
 
 
 def test_multi_worker_job_shares_one_token_created_once_and_never_read(env):
     cluster, kube, service, events, clock, _ = env
     job = apply(cluster, "multi", **{"resources.workers": 2})
-    create = ("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets")
-    mark = len(cluster.server.emulator.request_log)
+    create = ("create", f"/api/v1/namespaces/{cluster.namespace}/secrets")
+    mark = cluster.control_plane.audit_mark()
     reconcile(cluster, service, "multi", sync=True)
     assert secret_calls(cluster, mark) == [create]
-    secret = cluster.api.get(SECRETS, "multi-ray-auth", NAMESPACE)
+    secret = cluster.api.get(SECRETS, "multi-ray-auth", cluster.namespace)
     assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     token = token_of(cluster, "multi")
     assert len(token) >= 40
     for pod in ("multi-head", "multi-worker-1"):
-        env_vars = {e["name"]: e for e in cluster.api.get(PODS, pod, NAMESPACE)["spec"][
+        env_vars = {e["name"]: e for e in cluster.api.get(PODS, pod, cluster.namespace)["spec"][
             "containers"][0]["env"]}
         assert env_vars["RAY_AUTH_MODE"]["value"] == "token"
         assert env_vars["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
             "name": "multi-ray-auth", "key": "token"}
 
-    mark = len(cluster.server.emulator.request_log)
+    mark = cluster.control_plane.audit_mark()
     reconcile(cluster, service, "multi", sync=True)  # a spec sync leaves the Secret alone
     assert secret_calls(cluster, mark) == []
 
-    cluster.api.create(NODES, {"metadata": {"name": "spot-1", "labels": SPOT}})
+    add_node(cluster, "spot-1", SPOT)
     run_pod(cluster, "multi-head")
     run_pod(cluster, "multi-worker-1")
     end_pod(cluster, "multi-head", 75, "{}", disrupted=True)
     end_pod(cluster, "multi-worker-1", 1, "", disrupted=True)
     assert reconcile(cluster, service, "multi").phase == "Recovering"
     clock.advance(3)
-    mark = len(cluster.server.emulator.request_log)
+    mark = cluster.control_plane.audit_mark()
     assert reconcile(cluster, service, "multi").wrote_status
-    head = cluster.api.get(PODS, "multi-head", NAMESPACE)
+    head = cluster.api.get(PODS, "multi-head", cluster.namespace)
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
     assert secret_calls(cluster, mark) == [create]  # 409: the first token stays
     assert token_of(cluster, "multi") == token
@@ -206,11 +229,11 @@ def test_a_token_secret_left_by_an_earlier_operator_is_kept(env):
     cluster, kube, service, *_ = env
     job = apply(cluster, "multi", **{"resources.workers": 3})
     cluster.api.create(SECRETS, {
-        "metadata": {"name": "multi-ray-auth", "namespace": NAMESPACE,
+        "metadata": {"name": "multi-ray-auth", "namespace": cluster.namespace,
                      "ownerReferences": [{"apiVersion": "kubetune.dev/v1alpha1",
                                           "kind": "FineTuneJob", "name": "multi",
                                           "uid": job["metadata"]["uid"], "controller": True}]},
-        "data": {"token": base64.b64encode(b"earlier-token").decode()}}, NAMESPACE)
+        "data": {"token": base64.b64encode(b"earlier-token").decode()}}, cluster.namespace)
     assert reconcile(cluster, service, "multi", sync=True).phase == "Scheduling"
     assert token_of(cluster, "multi") == "earlier-token"
     assert {p["metadata"]["name"] for p in cluster.pods()} == {
@@ -220,10 +243,10 @@ def test_a_token_secret_left_by_an_earlier_operator_is_kept(env):
 def test_single_worker_job_creates_no_secret(env):
     cluster, kube, service, *_ = env
     apply(cluster)
-    mark = len(cluster.server.emulator.request_log)
+    mark = cluster.control_plane.audit_mark()
     reconcile(cluster, service, sync=True)
     assert secret_calls(cluster, mark) == []
-    assert cluster.api.get(SECRETS, "svc-ray-auth", NAMESPACE) is None
+    assert cluster.api.get(SECRETS, "svc-ray-auth", cluster.namespace) is None
 
 def test_backoff_delays_the_next_attempt(env):
     cluster, kube, service, events, clock, polls = env
@@ -233,11 +256,11 @@ def test_backoff_delays_the_next_attempt(env):
     end_pod(cluster, "svc-head", 75, "{}")
     reconcile(cluster, service)
     result = reconcile(cluster, service)
-    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is None
+    assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None
     assert result.retry_after is not None and 28 <= result.retry_after <= 30
     clock.advance(31)
     reconcile(cluster, service)
-    assert cluster.api.get(PODS, "svc-head", NAMESPACE) is not None
+    assert cluster.api.get(PODS, "svc-head", cluster.namespace) is not None
 
 
 def test_error_uses_the_error_budget_and_fails_naming_the_cause(env):
@@ -277,7 +300,7 @@ def test_invalid_spec_creates_nothing_and_names_the_field(bare_cluster, monkeypa
     service = FineTuneService(Kube(), OperatorConfig(), emit=lambda *a: events.append(a[1:]))
     body = finetunejob("bad", "/m", "http://127.0.0.1:9")
     body["spec"]["training"]["learningRate"] = -1
-    bare_cluster.api.create(FINETUNEJOBS, body, NAMESPACE)
+    create_until_accepted(bare_cluster, body)
     with pytest.raises(SpecRefused, match="spec.training.learningRate"):
         service.reconcile(bare_cluster.job("bad"))
     status = bare_cluster.status("bad")
@@ -296,12 +319,12 @@ def test_finalizer_runs_a_cleanup_pod_and_gives_up_after_bounded_failures(env):
         outcome = finalizer.finalize(job, tries)
         if outcome.done:
             break
-        pod = cluster.api.get(PODS, "svc-cleanup", NAMESPACE)
+        pod = cluster.api.get(PODS, "svc-cleanup", cluster.namespace)
         assert pod["spec"]["containers"][0]["command"][-1] == \
-            f"s3://ftj-out/runs/{NAMESPACE}/svc/checkpoints/"
+            f"s3://ftj-out/runs/{cluster.namespace}/svc/checkpoints/"
         env_names = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env_names
-        cluster.api.patch(PODS, "svc-cleanup", {"status": {"phase": "Failed"}}, NAMESPACE,
+        cluster.api.patch(PODS, "svc-cleanup", {"status": {"phase": "Failed"}}, cluster.namespace,
                           sub="status")
         outcome = finalizer.finalize(job, tries)
         tries += 1
@@ -315,11 +338,11 @@ def test_spot_pods_pending_too_long_fall_back_to_on_demand(env):
     apply(cluster, **{"spot.strategy": "FallbackToOnDemand",
                       "spot.fallbackAfterPendingSeconds": 60})
     reconcile(cluster, service, sync=True)
-    created = cluster.api.get(PODS, "svc-head", NAMESPACE)["metadata"]["creationTimestamp"]
+    created = cluster.api.get(PODS, "svc-head", cluster.namespace)["metadata"]["creationTimestamp"]
     clock.now = datetime.fromisoformat(created.replace("Z", "+00:00"))
     cluster.api.patch(PODS, "svc-head", {"status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}},
-        NAMESPACE, sub="status")
+        cluster.namespace, sub="status")
     assert reconcile(cluster, service).phase == "Scheduling"
     clock.advance(61)
     assert reconcile(cluster, service).phase == "Recovering"
@@ -328,6 +351,6 @@ def test_spot_pods_pending_too_long_fall_back_to_on_demand(env):
         ("on-demand", 2, 0)
     assert ("Normal", "FallbackToOnDemand") in [(kind, reason) for kind, reason, _ in events]
     reconcile(cluster, service)
-    head = cluster.api.get(PODS, "svc-head", NAMESPACE)
+    head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "on-demand"}
     assert head["metadata"]["labels"]["kubetune.dev/capacity-type"] == "on-demand"

@@ -31,6 +31,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
 {{- end }}
 
+{{/*
+Names of cluster-scoped objects (ClusterRoles and their bindings) carry the release
+namespace: two releases of the same name in different namespaces (one operator per team in
+namespaced mode) would otherwise claim the same ClusterRole, and Helm refuses the second
+install ("invalid ownership metadata").
+*/}}
+{{- define "kubetune.clusterScopedName" -}}
+{{- printf "%s-%s" (include "kubetune.fullname" .) .Release.Namespace }}
+{{- end }}
+
 {{- define "kubetune.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}

@@ -15,7 +15,15 @@ from pydantic.alias_generators import to_camel
 API_GROUP = "kubetune.dev"
 API_VERSION = "v1alpha1"
 
-QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' quantity grammar (resource.Quantity's doc comment: <signedNumber><suffix>,
+# binary Ki..Ei, decimal n u m k M G T P E, or an integer exponent) narrowed to positive
+# values, since a pod's CPU or memory of zero or less is a mistake. Kubernetes' own parser
+# (and CEL's isQuantity) also takes ".", "+" and "-" as zero: this pattern does not.
+# Exponents stop at 18 digits, where Go's ParseInt(…, 64) would overflow.
+QUANTITY_PATTERN = (
+    r"^[+]?([0-9]*[1-9][0-9]*([.][0-9]*)?|[0-9]*[.][0-9]*[1-9][0-9]*)"
+    r"([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{1,18})?$"
+)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
@@ -135,8 +143,13 @@ class Placement(ApiModel):
     gpu_resource_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")] = (
         Field(default="nvidia.com/gpu", description="Extended resource name of the GPU.")
     )
-    cpu: Quantity = Field(default="4", description="CPU request and limit per pod.")
-    memory: Quantity = Field(default="16Gi", description="Memory request and limit per pod.")
+    cpu: Quantity = Field(
+        default="4", description="CPU request and limit per pod: a positive quantity (500m, 8)."
+    )
+    memory: Quantity = Field(
+        default="16Gi",
+        description="Memory request and limit per pod: a positive quantity (48Gi, 512Mi).",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the pods must match (the GPU node pool)."
     )

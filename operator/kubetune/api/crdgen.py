@@ -120,10 +120,20 @@ def build_crd(kind: Kind) -> dict:
         "type": "object",
         "description": kind.description,
         "required": ["spec"],
+        CEL: [kind.name_rule()],
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object"},
+            # metadata.name is declared so that the root rule's fieldPath resolves.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": f"At most {kind.max_name_length} characters.",
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },

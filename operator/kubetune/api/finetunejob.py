@@ -22,6 +22,7 @@ from .common import (
     ObjectStore,
     Placement,
 )
+from .names import WORKERS_MAX
 
 MODEL_URI_PATTERN = (
     r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
@@ -196,7 +197,9 @@ class TrainingSpec(ApiModel):
 class TrainResources(Placement):
     """Ray workers and their placement on a GPU node pool."""
 
-    workers: int = Field(default=1, ge=1, le=64, description="Ray Train workers (pods).")
+    workers: int = Field(
+        default=1, ge=1, le=WORKERS_MAX, description="Ray Train workers (pods)."
+    )
 
 
 class BackoffSpec(ApiModel):

@@ -9,6 +9,15 @@ from pydantic import BaseModel
 from .common import API_GROUP, API_VERSION
 from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from .modelserve import ModelServeSpec, ModelServeStatus
+from .names import (
+    FINETUNEJOB_LONGEST_SUFFIX,
+    FINETUNEJOB_NAME_MAX,
+    MODELSERVE_LONGEST_SUFFIX,
+    MODELSERVE_NAME_MAX,
+    name_problems,
+    too_long_message,
+)
+from .validation import SpecError
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class Kind:
     status_model: type[BaseModel]
     printer_columns: tuple[dict, ...]
     description: str
+    max_name_length: int
+    longest_child_suffix: str
 
     @property
     def group(self) -> str:
@@ -39,6 +50,26 @@ class Kind:
     @property
     def crd_name(self) -> str:
         return f"{self.plural}.{API_GROUP}"
+
+    def name_rule(self) -> dict:
+        """The CRD's root CEL rule on metadata.name (see names.py for why the limit).
+
+        It sits on the root because CEL sees metadata.name only from there; fieldPath
+        makes the API server blame metadata.name instead of the whole object."""
+        return {
+            "rule": f"self.metadata.name.size() <= {self.max_name_length}",
+            "message": too_long_message(self.kind, self.max_name_length, self.longest_child_suffix),
+            "fieldPath": ".metadata.name",
+            "reason": "FieldValueInvalid",
+        }
+
+    def check_name(self, name: str | None) -> None:
+        """Refuse, naming metadata.name, a name the API server or the CRD would refuse."""
+        problems = name_problems(
+            self.kind, name, self.max_name_length, self.longest_child_suffix
+        )
+        if problems:
+            raise SpecError(problems)
 
 
 FINETUNEJOB = Kind(
@@ -57,6 +88,8 @@ FINETUNEJOB = Kind(
     ),
     description="A QLoRA/LoRA fine-tune on Ray workers, spot-aware, writing a LoRA adapter "
     "to object storage.",
+    max_name_length=FINETUNEJOB_NAME_MAX,
+    longest_child_suffix=FINETUNEJOB_LONGEST_SUFFIX,
 )
 
 MODELSERVE = Kind(
@@ -74,6 +107,8 @@ MODELSERVE = Kind(
     ),
     description="A base model plus many LoRA adapters from object storage behind an "
     "OpenAI-compatible API, hot-loading adapter changes.",
+    max_name_length=MODELSERVE_NAME_MAX,
+    longest_child_suffix=MODELSERVE_LONGEST_SUFFIX,
 )
 
 KINDS: tuple[Kind, ...] = (FINETUNEJOB, MODELSERVE)

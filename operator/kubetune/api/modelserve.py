@@ -16,21 +16,26 @@ from .common import (
     SHA256_PATTERN,
     ApiModel,
     Condition,
-    DnsSubdomain,
+    DNS_SUBDOMAIN_PATTERN,
     ImagePullPolicy,
     ObjectStore,
     Placement,
 )
 from .finetunejob import ModelSource
+from .names import FINETUNEJOB_NAME_MAX
 
 SERVED_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 ServedName = Annotated[str, StringConstraints(pattern=SERVED_NAME_PATTERN, max_length=63)]
 
 
 class FineTuneJobRef(ApiModel):
-    """A FineTuneJob in the same namespace whose status.adapter is served."""
+    """A FineTuneJob in the same namespace whose status.adapter is served.
 
-    name: DnsSubdomain = Field(description="Name of the FineTuneJob.")
+    Bounded like a FineTuneJob's own name (see names.py): a longer one names no job."""
+
+    name: Annotated[
+        str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=FINETUNEJOB_NAME_MAX)
+    ] = Field(description=f"Name of the FineTuneJob (at most {FINETUNEJOB_NAME_MAX} characters).")
 
 
 class AdapterSource(ApiModel):

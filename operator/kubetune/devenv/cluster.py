@@ -85,7 +85,13 @@ class Cluster:
         self.control_plane.wait_for_service_account(name)
         return name
 
-    def delete_namespace(self, name: str) -> None:
+    def delete_namespace(self, name: str, force_pods: bool = False) -> None:
+        """Delete a namespace without waiting. `force_pods` first removes its pods at once,
+        as `kubectl delete --force` does: pods whose node agent has stopped would
+        otherwise wait for pod GC (tens of seconds) and hold the namespace."""
+        if force_pods:
+            self.api.request("DELETE", f"/api/v1/namespaces/{name}/pods",
+                             {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
         self.api.delete_path(f"/api/v1/namespaces/{name}")
 
     def _grant_dns_reader(self) -> None:

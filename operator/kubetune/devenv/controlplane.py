@@ -160,7 +160,14 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         sa = self.service_account
+        self.audit_log = self.workdir / "audit.log"
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                      "omitStages": ["RequestReceived"],
+                                      "rules": [{"level": "Metadata"}]}))
         self._start("kube-apiserver", [
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-mode=blocking", "--audit-log-maxsize=0",
             f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.port}",
             f"--etcd-servers={self.etcd_url}", f"--etcd-cafile={self.ca.cert_path}",
@@ -241,6 +248,19 @@ class ControlPlane:
             time.sleep(0.3)
         raise RuntimeError(f"kube-apiserver not ready after {READY_TIMEOUT:.0f} s ({last}): "
                            f"{self.log_tail('kube-apiserver')}")
+
+    def audit_events(self, user: str | None = None, since: int = 0) -> list[dict]:
+        """The API server's audit log (every request, at Metadata level) from line `since`
+        on, optionally of one user: what a platform team reads to see who did what."""
+        if not self.audit_log.exists():
+            return []
+        lines = self.audit_log.read_text().splitlines()[since:]
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in events if user is None or e["user"]["username"] == user]
+
+    def audit_mark(self) -> int:
+        """A position in the audit log for `audit_events(since=...)`."""
+        return len(self.audit_log.read_text().splitlines()) if self.audit_log.exists() else 0
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.workdir / f"{name}.log"

@@ -2,8 +2,9 @@
 
     make demo            (or: python -m kubetune.devenv.demo)
 
-Starts S3 (moto server), the emulated API server with the CRDs, a test kubelet with one
-spot and one on-demand node, and the operator as its own process. Applies
+Starts the real control plane (etcd, kube-apiserver, controller manager, scheduler) with
+the CRDs, S3 (moto server), a node agent with one spot and one on-demand node, and the
+operator as its own process. Applies
 examples/finetune.yaml adapted to the tiny local model and data with the real kubectl,
 shows progress as the trainer reports it, injects one spot preemption and shows the
 recovery, then applies a ModelServe for the adapter, sends it a chat completion and
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from . import spot
 from .kubeapi import FINETUNEJOBS, MODELSERVES, PODS
 from .stack import REPO, EmbeddedStack
 from .tinymodel import tiny_model_dir
@@ -95,9 +97,9 @@ def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> di
         step = ((status.get("progress") or {}).get("step")) or 0
         pod = head_pod(stack)
         if not preempted and pod and step >= preempt_at:
-            say(f"injecting a spot preemption: DisruptionTarget + SIGTERM to pod {pod['metadata']['name']} "
-                f"at step {step}")
-            stack.kubelet.disrupt_pod(NAMESPACE, pod["metadata"]["name"], reason="TerminationByKubelet")
+            say(f"injecting a spot preemption: an Eviction of pod {pod['metadata']['name']} at step "
+                f"{step}, as a node-termination handler sends on the spot notice")
+            spot.evict(stack.api, NAMESPACE, pod["metadata"]["name"])
             preempted = True
         if status.get("phase") in ("Succeeded", "Failed"):
             return status
@@ -137,8 +139,11 @@ def run(max_steps: int, timeout: float) -> int:
     say("building the tiny Llama model and tokenizer (cached after the first run)")
     model_dir = tiny_model_dir()
     with EmbeddedStack(namespace=NAMESPACE, bucket="kubetune") as stack:
-        say(f"emulated API server {stack.apiserver.url}, S3 {stack.s3.endpoint}, "
+        cp = stack.cluster.control_plane
+        say(f"control plane up in {cp.started_seconds:.1f} s: API server {cp.url}, S3 {stack.s3.endpoint}, "
             f"nodes: {', '.join(n.name for n in stack.nodes)}; workdir {stack.workdir}")
+        for line in stack.kubectl("version").strip().splitlines():
+            say(f"kubectl version: {line}")
         stack.start_operator()
         say(f"operator started as pid {stack.operator.pid} (python -m kubetune.operator)")
         manifest = stack.workdir / "finetune.yaml"
@@ -166,7 +171,7 @@ def run(max_steps: int, timeout: float) -> int:
             "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
         }
         say("summary:\n" + json.dumps(summary, indent=2))
-    say("stopped the operator, pods, API server and S3")
+    say("stopped the operator, pods, node agent, control plane and S3")
     return 0
 
 

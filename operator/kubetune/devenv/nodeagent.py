@@ -104,6 +104,7 @@ class NodeAgent:
         self.poll_seconds = poll_seconds
         self.nodes: dict[str, AgentNode] = {}
         self.running: dict[tuple[str, str], PodProcess] = {}
+        self.history: list[dict] = []  # ended containers: namespace, name, node, exitCode, ...
         self._templates = list(nodes)
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -318,7 +319,11 @@ class NodeAgent:
             return
         running.next_probe = time.monotonic() + float(probe.get("periodSeconds", 10))
         get = probe.get("httpGet") or {}
-        url = f"http://{running.address.ip}:{get.get('port')}{get.get('path', '/')}"
+        port = get.get("port")
+        if isinstance(port, str) and not port.isdigit():  # a named container port
+            port = next((p["containerPort"] for p in running.container.get("ports", [])
+                         if p.get("name") == port), port)
+        url = f"http://{running.address.ip}:{port}{get.get('path', '/')}"
         try:
             with urllib.request.urlopen(url, timeout=float(probe.get("timeoutSeconds", 1))) as answer:
                 ok = 200 <= answer.status < 400
@@ -366,6 +371,8 @@ class NodeAgent:
         del self.running[running.key]
         self._materialiser(running.node).release(running)
         log.info("pod %s/%s exited with %d", running.namespace, running.name, exit_code)
+        self.history.append({"namespace": running.namespace, "name": running.name, "uid": running.uid,
+                             "node": running.node, "exitCode": exit_code, "finishedAt": now()})
         if node.gone:
             return
         stamp = now()

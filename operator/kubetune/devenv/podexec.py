@@ -7,41 +7,60 @@ volume at its declared mount path, read-only where the pod says so, then replace
 with the container's command, so the node agent's signals reach that command directly.
 Mount points that do not exist on the host are created empty, as a container runtime
 creates them in an image's filesystem.
+
+Every source is opened before the first bind, so a volume at `/tmp` cannot hide the
+sources of the ones after it. The "image" here is the project's checkout and its
+virtualenv: where a volume hides one of them (a checkout under /tmp), it is bound back
+at its own path, as an image's files stay visible beside its volumes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 
-def _mount_point(source: Path, target: Path) -> None:
+def _mount_point(fd: int, target: Path) -> None:
     if target.exists():
         return
-    if source.is_dir():
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
         target.mkdir(parents=True, exist_ok=True)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
 
 
-def bind(source: str, target: str, read_only: bool) -> None:
-    src, dst = Path(source), Path(target)
-    _mount_point(src, dst)
-    subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+def bind(fd: int, target: str, read_only: bool) -> None:
+    dst = Path(target)
+    _mount_point(fd, dst)
+    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", str(dst)], check=True, pass_fds=(fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)], check=True)
+
+
+def _same(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     launch = json.loads(Path(args[0]).read_text())
+    opened = {m["source"]: os.open(m["source"], os.O_PATH) for m in launch["mounts"]}
+    image = {p: os.open(p, os.O_PATH) for p in launch.get("imagePaths", [])}
     for mount in launch["mounts"]:
-        bind(mount["source"], mount["target"], mount.get("readOnly", False))
-    os.chdir(launch["workingDir"])
+        bind(opened[mount["source"]], mount["target"], mount.get("readOnly", False))
+    for path, fd in image.items():
+        if not _same(fd, path):
+            bind(fd, path, read_only=False)
+    os.chdir(launch.get("workingDir") or "/")
     command = launch["argv"]
     os.execvpe(command[0], command, launch["env"])
     return 127

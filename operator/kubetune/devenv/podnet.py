@@ -11,6 +11,7 @@ Needs root and iproute2 (`ip`), which these machines have.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import itertools
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 NETNS_ETC = Path("/etc/netns")
 PREFIX = "kt"  # every bridge, veth and namespace name starts with it
+LOCK_FILE = "/run/kubetune-podnet.lock"
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,18 +84,20 @@ class PodNetwork:
         if os.geteuid() != 0 or shutil.which("ip") is None:
             raise RuntimeError("pod networking needs root and iproute2 (`ip`): each pod gets a "
                                "network namespace of its own")
-        sweep_stale()
-        ip("link", "add", self.bridge, "type", "bridge")
-        used = ip("-o", "-4", "addr", "show").stdout
-        for k in range(1, 255):
-            candidate = ipaddress.ip_network(f"10.244.{k}.0/24")
-            if f" {candidate.network_address + 1}/" not in used:
-                self.subnet = candidate
-                break
-        else:
-            raise RuntimeError("no free 10.244.k.0/24 subnet for the pod network")
-        ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
-        ip("link", "set", self.bridge, "up")
+        with open(LOCK_FILE, "w") as lock:  # environments started at once pick distinct subnets
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sweep_stale()
+            ip("link", "add", self.bridge, "type", "bridge")
+            used = ip("-o", "-4", "addr", "show").stdout
+            for k in range(1, 255):
+                candidate = ipaddress.ip_network(f"10.244.{k}.0/24")
+                if f" {candidate.network_address + 1}/" not in used:
+                    self.subnet = candidate
+                    break
+            else:
+                raise RuntimeError("no free 10.244.k.0/24 subnet for the pod network")
+            ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            ip("link", "set", self.bridge, "up")
         return self
 
     def stop(self) -> None:

@@ -27,6 +27,9 @@ from .processes import start_child
 
 log = logging.getLogger("kubetune.devenv.podruntime")
 TERMINATION_LOG = "/dev/termination-log"
+REPO = Path(__file__).resolve().parents[3]
+# What "the image" holds here: the checkout and the interpreter's installation.
+IMAGE_PATHS = sorted({str(REPO), sys.prefix, sys.base_prefix})
 FALLBACK_LOG_LINES = 80
 
 
@@ -137,7 +140,7 @@ class PodMaterialiser:
         argv = local_executable([expand_env_refs(a, env) for a in
                                  (container.get("command") or []) + (container.get("args") or [])])
         launch = {"mounts": mounts, "env": env, "argv": argv,
-                  "workingDir": container.get("workingDir") or str(running.folder)}
+                  "workingDir": container.get("workingDir") or "/", "imagePaths": IMAGE_PATHS}
         running.launch_file = running.folder / "launch.json"
         running.launch_file.write_text(json.dumps(launch, indent=1))
         running.process = start_child(
@@ -235,7 +238,7 @@ class PodMaterialiser:
         host, port = self.apiserver
         env = {
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(running.folder),
+            "HOME": "/tmp",
             "HOSTNAME": running.name,
             "PYTHONUNBUFFERED": "1",
             "LANG": "C.UTF-8",

@@ -1,9 +1,11 @@
-"""The whole embedded environment in one object: S3, API server, kubelet, controllers, operator.
+"""The whole embedded environment in one object: the real control plane, S3, node agents
+and the operator.
 
-Used by the README's demo and the end-to-end tests so both exercise the same wiring a
-cluster would: the operator runs as its own process (`python -m kubetune.operator`)
-against the emulated API server through a kubeconfig, and users act through the real
-kubectl binary. Everything listens on 127.0.0.1 and everything is stopped on exit.
+Used by the README's demo and the end-to-end tests so both exercise the wiring a cluster
+has: etcd, kube-apiserver, controller manager and scheduler (`cluster`), a spot and an
+on-demand Node run by the node agent, moto S3 on the pod network's host address, the
+operator as its own process (`python -m kubetune.operator`) through a kubeconfig, and
+users acting through the real kubectl binary. Everything is stopped on exit.
 """
 
 from __future__ import annotations
@@ -19,22 +21,28 @@ from pathlib import Path
 
 import yaml
 
-from .admission import CrdAdmission, load_crds
-from .apiserver import EmulatedApiServer
-from .kubeapi import NAMESPACES, SECRETS, ApiError, KubeHttp
-from .kubelet import NodeTemplate, TestKubelet
+from .cluster import Cluster
+from .controlplane import ADMIN
+from .kubeapi import SECRETS
+from .nodeagent import NodeAgent, NodeTemplate
 from .s3 import LoopbackS3
 from .tools import tool_path
 
 REPO = Path(__file__).resolve().parents[3]
 SPOT_LABEL = "karpenter.sh/capacity-type"
+POD_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def default_nodes() -> list[NodeTemplate]:
     """One spot and one on-demand node, labelled as Karpenter labels them."""
     return [
-        NodeTemplate("spot-node-1", {SPOT_LABEL: "spot"}),
-        NodeTemplate("ondemand-node-1", {SPOT_LABEL: "on-demand"}),
+        NodeTemplate("spot-node-1", {SPOT_LABEL: "spot", "node.kubernetes.io/instance-type": "g5.xlarge"}),
+        NodeTemplate("ondemand-node-1", {SPOT_LABEL: "on-demand",
+                                         "node.kubernetes.io/instance-type": "g5.xlarge"}),
     ]
 
 
@@ -64,46 +72,25 @@ class EmbeddedStack:
         self._exit.close()
 
     def _start(self) -> None:
-        self.s3 = self._exit.enter_context(LoopbackS3())
+        self.cluster = self._exit.enter_context(Cluster(self.workdir / "cluster"))
+        self.api = self.cluster.api
+        self.kubeconfig = self.cluster.control_plane.kubeconfig(ADMIN, self.namespace)
+        self.s3 = self._exit.enter_context(LoopbackS3(host=self.cluster.network.gateway))
         self.s3.client().create_bucket(Bucket=self.bucket)
-        crds = load_crds(REPO / "crds")
-        self.apiserver = self._exit.enter_context(EmulatedApiServer(crds=crds, admission=CrdAdmission(crds)))
-        self.api = KubeHttp(self.apiserver.url)
-        self.kubeconfig = self.apiserver.write_kubeconfig(self.workdir / "kubeconfig", self.namespace)
-        self._ensure_namespace()
+        self.cluster.namespace(self.namespace)
         self.api.create(SECRETS, {
             "metadata": {"name": "s3-credentials"},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in self.s3.env().items()
                      if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
         }, self.namespace)
-        pod_env = {
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        self.kubelet = self._exit.enter_context(
-            TestKubelet(self.api, self.workdir / "kubelet", nodes=self.nodes, extra_env=pod_env)
-        )
-        self.controllers = self._start_controllers()
+        self.agent = self._exit.enter_context(NodeAgent(
+            self.cluster.control_plane, self.cluster.network, self.workdir / "nodes", self.nodes,
+            extra_env=POD_ENV))
         self.config_path = self.workdir / "operator-config.yaml"
         self.config_path.write_text(yaml.safe_dump({
             "spotProvider": "karpenter",
             "storage": {"defaultEndpoint": self.s3.endpoint},
         }))
-
-    def _ensure_namespace(self) -> None:
-        try:
-            self.api.create(NAMESPACES, {"metadata": {"name": self.namespace}})
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-
-    def _start_controllers(self):
-        try:
-            from .controllers import DeploymentController
-        except ImportError:
-            return None
-        return self._exit.enter_context(DeploymentController(self.api))
 
     # the operator, as its own process ---------------------------------------------------
     def start_operator(self) -> subprocess.Popen:
