@@ -12,9 +12,11 @@ demo: bootstrap
 	@$(PY) -m kubetune.devenv.demo
 
 test: bootstrap
+	@.venv/bin/ruff check .
 	@$(PY) -m pytest
 
 test-fast: bootstrap
+	@.venv/bin/ruff check .
 	@$(PY) -m pytest -m "not slow"
 
 crds: bootstrap

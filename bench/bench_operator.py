@@ -1,7 +1,9 @@
-"""Operator benchmark: N FineTuneJobs applied at once to the emulated API server.
+"""Operator benchmark: N FineTuneJobs applied at once to the real API server.
 
-No kubelet runs, so every pod stays Pending (unscheduled) — the operator's own cost is
-what is measured, side by side with the minimum a correct operator needs:
+No node is registered, so every pod stays Pending (the scheduler finds no node) — the
+operator's own cost is what is measured, counted in the API server's audit log (the
+operator logs in as a user of its own), side by side with the minimum a correct
+operator needs:
   * API requests per job lifecycle (apply -> children created -> steady for a while ->
     delete -> finalizer released), by verb and phase, versus the minimum;
   * time from apply to children created (head pod present), p50 / p99;
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,19 +47,18 @@ def job(name: str) -> dict:
     }
 
 
-def operator_requests(server, start: int) -> Counter:
-    """Requests since `start` that did not come from this script (urllib)."""
+OPERATOR_USER = "kubetune-operator-bench"
+VERBS = {"get": "GET", "list": "GET", "watch": "WATCH", "create": "POST", "patch": "PATCH",
+         "update": "PUT", "delete": "DELETE", "deletecollection": "DELETE"}
+
+
+def operator_requests(control_plane, start: int) -> Counter:
+    """The operator's requests after audit-log position `start`, by verb and resource."""
     counts: Counter = Counter()
-    for request in server.emulator.request_log[start:]:
-        agent = request.headers.get("User-Agent", "")
-        if agent.startswith("Python-urllib"):
-            continue
-        watch = "watch=true" in str(request.url) or request.params.get("watch") == "true"
-        resource = request.resource.plural if request.resource else "?"
-        if request.subresource:
-            resource += "/" + request.subresource
-        method = str(getattr(request.method, "value", request.method)).upper()
-        counts[("WATCH" if watch else method, resource)] += 1
+    for event in control_plane.audit_events(OPERATOR_USER, start):
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        counts[(VERBS.get(event["verb"], event["verb"].upper()), resource)] += 1
     return counts
 
 
@@ -88,16 +88,15 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="Reconcile timer (s).")
     args = parser.parse_args()
 
-    from kubetune.devenv.admission import CrdAdmission, load_crds
-    from kubetune.devenv.apiserver import EmulatedApiServer
-    from kubetune.devenv.kubeapi import FINETUNEJOBS, KubeHttp
+    from kubetune.devenv.cluster import Cluster
+    from kubetune.devenv.controlplane import Identity
+    from kubetune.devenv.kubeapi import FINETUNEJOBS, PODS
 
-    crds = load_crds(REPO / "crds")
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    with EmulatedApiServer(crds=crds, admission=CrdAdmission(crds)) as server:
-        api = KubeHttp(server.url)
-        api.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        kubeconfig = server.write_kubeconfig(workdir / "kubeconfig", namespace=NAMESPACE)
+    with Cluster(workdir / "cluster") as cluster:
+        api, cp = cluster.api, cluster.control_plane
+        cluster.namespace(NAMESPACE)
+        kubeconfig = cp.kubeconfig(Identity(OPERATOR_USER, ("system:masters",)), NAMESPACE)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
                "KUBETUNE_CONFIG": str(workdir / "none.yaml"),
                "KUBETUNE_RECONCILE_INTERVAL": str(args.interval)}
@@ -114,7 +113,7 @@ def main() -> int:
 
             def watch_children() -> None:
                 while not done.is_set():
-                    pods = server.list("", "v1", "pods", NAMESPACE)  # in-process, not HTTP
+                    pods = api.list(PODS, NAMESPACE)
                     now = time.monotonic()
                     for pod in pods:
                         owner = pod["metadata"]["name"].removesuffix("-head")
@@ -123,7 +122,7 @@ def main() -> int:
 
             watcher = threading.Thread(target=watch_children, daemon=True)
             watcher.start()
-            start = len(server.emulator.request_log)
+            start = cp.audit_mark()
             began = time.monotonic()
             for name in names:
                 applied[name] = time.monotonic()
@@ -134,19 +133,18 @@ def main() -> int:
                 time.sleep(0.1)
             settled = time.monotonic()
             delays = [created[n] - applied[n] for n in names if n in created]
-            create_phase = operator_requests(server, start)
-            mark = len(server.emulator.request_log)
+            create_phase = operator_requests(cp, start)
+            mark = cp.audit_mark()
             time.sleep(args.steady)
-            steady_phase = operator_requests(server, mark)
-            mark = len(server.emulator.request_log)
+            steady_phase = operator_requests(cp, mark)
+            mark = cp.audit_mark()
             for name in names:
                 api.delete(FINETUNEJOBS, name, NAMESPACE)
             deadline = time.monotonic() + 120
-            while server.list("kubetune.dev", "v1alpha1", "finetunejobs", NAMESPACE) and \
-                    time.monotonic() < deadline:
+            while api.list(FINETUNEJOBS, NAMESPACE) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            left = len(server.list("kubetune.dev", "v1alpha1", "finetunejobs", NAMESPACE))
-            delete_phase = operator_requests(server, mark)
+            left = len(api.list(FINETUNEJOBS, NAMESPACE))
+            delete_phase = operator_requests(cp, mark)
             done.set()
             rss = peak_rss_mib(proc.pid)
         finally:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh machine: a virtualenv with the
-# pinned dependencies (constraints.txt) and the real kubectl and helm binaries in .tools/bin.
-# Idempotent: a second run only checks.
+# pinned dependencies (constraints.txt), the real kubectl and helm binaries in .tools/bin,
+# and the real control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler) built from Kubernetes' Go modules into .tools/. Idempotent: a second run
+# only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +19,11 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing pinned dependencies (first run takes a few minutes)"
   quiet .venv/bin/pip install -q --upgrade pip setuptools wheel
-  # torch first and exactly pinned: the CPU wheel that lies on this machine's disk.
+  # torch first and exactly pinned: PyPI's build (CUDA libraries included, about 4.7 GB
+  # installed; it runs on the CPU), so the resolver never weighs another torch.
   quiet .venv/bin/pip install -q -c constraints.txt torch==2.13.0
   quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
 fi
 quiet .venv/bin/python -m kubetune.devenv.tools install
+.venv/bin/python -m kubetune.devenv.cpbuild build

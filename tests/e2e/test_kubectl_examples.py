@@ -1,4 +1,4 @@
-"""The examples, applied and read back with the real kubectl against the emulated API server."""
+"""The examples, applied and read back with the real kubectl against the real API server."""
 
 from __future__ import annotations
 
@@ -7,27 +7,27 @@ import subprocess
 import pytest
 import yaml
 
-from kubetune.devenv.admission import CrdAdmission
-from kubetune.devenv.apiserver import EmulatedApiServer
+from kubetune.devenv.controlplane import ADMIN
 from kubetune.devenv.tools import tool_path
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def kubectl(tmp_path_factory, crds):
-    with EmulatedApiServer(crds=crds, admission=CrdAdmission(crds)) as server:
-        kubeconfig = server.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="ml-team")
+def kubectl(kube_cluster):
+    """kubectl in the examples' own namespace, ml-team, made for this module."""
+    kube_cluster.namespace("ml-team")
+    kubeconfig = kube_cluster.control_plane.kubeconfig(ADMIN, "ml-team")
 
-        def run(*args, input=None, check=True):
-            result = subprocess.run([str(tool_path("kubectl")), "--kubeconfig", str(kubeconfig), *args],
-                                    input=input, capture_output=True, text=True, timeout=60)
-            if check:
-                assert result.returncode == 0, result.stderr
-            return result
+    def run(*args, input=None, check=True):
+        result = subprocess.run([str(tool_path("kubectl")), "--kubeconfig", str(kubeconfig), *args],
+                                input=input, capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
 
-        run("create", "namespace", "ml-team", check=False)
-        yield run
+    yield run
+    kube_cluster.delete_namespace("ml-team")
 
 
 def test_apply_examples_then_get_them_back(kubectl, repo):

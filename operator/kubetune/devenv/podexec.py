@@ -16,12 +16,16 @@ at its own path, as an image's files stay visible beside its volumes.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+CLONE_NEWUTS = 0x04000000
 
 
 def _mount_point(fd: int, target: Path) -> None:
@@ -50,6 +54,14 @@ def _same(fd: int, path: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+def own_hostname(name: str) -> None:
+    """A UTS namespace of its own, so the pod's hostname is its name, as in a container."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUTS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS) failed")
+    socket.sethostname(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     launch = json.loads(Path(args[0]).read_text())
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, fd in image.items():
         if not _same(fd, path):
             bind(fd, path, read_only=False)
+    own_hostname(launch["hostname"])
     os.chdir(launch.get("workingDir") or "/")
     command = launch["argv"]
     os.execvpe(command[0], command, launch["env"])

@@ -62,6 +62,7 @@ def sweep_stale() -> None:
 class PodAddress:
     netns: str
     ip: str
+    hostname: str
 
 
 class PodNetwork:
@@ -117,7 +118,7 @@ class PodNetwork:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def attach(self, hosts: str) -> PodAddress:
+    def attach(self, hostname: str, hosts: str) -> PodAddress:
         """A new namespace with lo and eth0 up, an address, a default route, and the
         given /etc/hosts content; search domains make short Service names resolve."""
         with self._lock:
@@ -141,15 +142,16 @@ class PodNetwork:
         ip(*run, "route", "add", "default", "via", self.gateway)
         etc = NETNS_ETC / netns
         etc.mkdir(parents=True, exist_ok=True)
-        self.write_hosts(PodAddress(netns, address), hosts)
-        return PodAddress(netns, address)
+        pod = PodAddress(netns, address, hostname)
+        self.write_hosts(pod, hosts)
+        return pod
 
     @staticmethod
     def write_hosts(pod: PodAddress, hosts: str) -> None:
         """Rewrite the pod's /etc/hosts in place: a running pod sees it through its bind
         mount (a rename would leave the pod with the old file)."""
         path = NETNS_ETC / pod.netns / "hosts"
-        content = f"127.0.0.1 localhost\n{hosts}"
+        content = f"127.0.0.1 localhost\n{pod.ip} {pod.hostname}\n{hosts}"
         if not path.exists() or path.read_text() != content:
             with open(path, "w") as out:
                 out.write(content)

@@ -120,7 +120,7 @@ class PodMaterialiser:
         folder = self.workdir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         folder.mkdir(parents=True, exist_ok=True)
         container = spec["containers"][0]
-        address = self.network.attach(hosts)
+        address = self.network.attach(meta["name"][:63], hosts)
         self.network.write_resolv(address, meta["namespace"])
         return PodProcess(
             namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], node=node,
@@ -140,7 +140,8 @@ class PodMaterialiser:
         argv = local_executable([expand_env_refs(a, env) for a in
                                  (container.get("command") or []) + (container.get("args") or [])])
         launch = {"mounts": mounts, "env": env, "argv": argv,
-                  "workingDir": container.get("workingDir") or "/", "imagePaths": IMAGE_PATHS}
+                  "workingDir": container.get("workingDir") or "/", "imagePaths": IMAGE_PATHS,
+                  "hostname": running.address.hostname}
         running.launch_file = running.folder / "launch.json"
         running.launch_file.write_text(json.dumps(launch, indent=1))
         running.process = start_child(
