@@ -37,7 +37,7 @@ def test_changing_what_a_job_trains_on_is_refused_on_update(
     kube_cluster, api_namespace, path, value, field
 ):
     api = kube_cluster.api
-    name = "immutable-" + path.rsplit(".", 1)[1].lower()
+    name = "immutable-" + path.replace(".", "-").lower()
     old = create(api, api_namespace, example(FTJ, name))
     for dry_run in (True, False):
         with pytest.raises(ApiError) as refused:

@@ -197,9 +197,7 @@ class TrainingSpec(ApiModel):
 class TrainResources(Placement):
     """Ray workers and their placement on a GPU node pool."""
 
-    workers: int = Field(
-        default=1, ge=1, le=WORKERS_MAX, description="Ray Train workers (pods)."
-    )
+    workers: int = Field(default=1, ge=1, le=WORKERS_MAX, description="Ray Train workers (pods).")
 
 
 class BackoffSpec(ApiModel):

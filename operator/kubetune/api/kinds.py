@@ -65,9 +65,7 @@ class Kind:
 
     def check_name(self, name: str | None) -> None:
         """Refuse, naming metadata.name, a name the API server or the CRD would refuse."""
-        problems = name_problems(
-            self.kind, name, self.max_name_length, self.longest_child_suffix
-        )
+        problems = name_problems(self.kind, name, self.max_name_length, self.longest_child_suffix)
         if problems:
             raise SpecError(problems)
 

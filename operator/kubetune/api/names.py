@@ -44,8 +44,8 @@ def too_long_message(kind: str, limit: int, suffix: str) -> str:
 def name_problems(kind: str, name: str | None, limit: int, suffix: str) -> list[str]:
     """What is wrong with `name` as the name of a `kind`, each naming metadata.name.
 
-    The first two mirror the API server's own checks (it refuses such a name before any
-    CRD rule runs); the last is the CRD's root rule."""
+    The first two mirror the checks the API server makes of every object's name, whatever
+    its CRD says; the last is the CRD's root rule."""
     if not name:
         return ["metadata.name: Required value"]
     problems = []

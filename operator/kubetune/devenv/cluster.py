@@ -65,7 +65,7 @@ class Cluster:
         for crd in crds:
             while True:
                 current = self.api.get_path(f"{path}/{crd['metadata']['name']}") or {}
-                conditions = {c["type"]: c["status"] for c in (current.get("status") or {}).get("conditions", [])}
+                conditions = {c["type"]: c["status"] for c in (current.get("status") or {}).get("conditions") or []}
                 if conditions.get("Established") == "True":
                     break
                 if time.monotonic() > deadline:

@@ -21,67 +21,23 @@ import signal
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 from .controlplane import ControlPlane, Identity
 from .kubeapi import ApiError, KubeHttp
 from .kubeletserver import KubeletServer
+from .nodetemplate import NodeTemplate, micro_now
 from .podnet import PodNetwork
 from .podruntime import PodMaterialiser, PodProcess, delete_pod, now
+
+__all__ = ["NodeAgent", "NodeTemplate"]
 from .processes import stop_child
 from .servicehosts import ServiceHosts
 
 log = logging.getLogger("kubetune.devenv.nodeagent")
 LEASE_SECONDS = 40
 STATUS_PATCH = "application/strategic-merge-patch+json"
-KUBELET_VERSION = "v1.37.2"
-
-
-def micro_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class NodeTemplate:
-    """A node to register: name, labels, taints and capacity."""
-
-    name: str
-    labels: dict = field(default_factory=dict)
-    taints: list = field(default_factory=list)
-    capacity: dict = field(default_factory=lambda: {"cpu": "8", "memory": "32Gi", "pods": "110",
-                                                    "nvidia.com/gpu": "8"})
-
-    def body(self, address: str, port: int) -> dict:
-        labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", **self.labels}
-        stamp = now()
-        conditions = [{"type": kind, "status": "False", "reason": f"KubeletHas{reason}",
-                       "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
-                      for kind, reason in (("MemoryPressure", "SufficientMemory"),
-                                           ("DiskPressure", "NoDiskPressure"),
-                                           ("PIDPressure", "SufficientPID"))]
-        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
-                           "message": "kubetune node agent is posting ready status",
-                           "lastHeartbeatTime": stamp, "lastTransitionTime": stamp})
-        return {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": labels},
-            "spec": {"taints": list(self.taints)} if self.taints else {},
-            "status": {
-                "capacity": dict(self.capacity), "allocatable": dict(self.capacity),
-                "conditions": conditions,
-                "addresses": [{"type": "InternalIP", "address": address},
-                              {"type": "Hostname", "address": self.name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-                "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "",
-                             "operatingSystem": "linux", "architecture": "amd64",
-                             "containerRuntimeVersion": "kubetune-nodeagent://1",
-                             "osImage": "kubetune devenv", "kernelVersion": "",
-                             "machineID": self.name, "systemUUID": self.name, "bootID": self.name},
-            },
-        }
 
 
 @dataclass
@@ -224,6 +180,8 @@ class NodeAgent:
             if running is None:
                 if self._startable(pod):
                     self._start_pod(node, pod)
+                elif meta.get("deletionTimestamp"):  # nothing runs: it can go at once
+                    delete_pod(node.api, meta["namespace"], meta["name"], meta["uid"])
                 continue
             if meta.get("deletionTimestamp"):
                 grace = meta.get("deletionGracePeriodSeconds")
@@ -388,7 +346,7 @@ class NodeAgent:
                 "containerID": f"kubetune://{running.uid[:8]}-{running.restart_count}"}})],
         })
         if deleting:
-            delete_pod(node.api, running)
+            delete_pod(node.api, running.namespace, running.name, running.uid)
 
     def _relaunch(self, node: AgentNode, running: PodProcess) -> None:
         pod = node.api.get_path(f"/api/v1/namespaces/{running.namespace}/pods/{running.name}")

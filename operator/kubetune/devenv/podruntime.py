@@ -276,12 +276,13 @@ def _atomic_write(target: Path, data: bytes) -> None:
     staging.rename(target)
 
 
-def delete_pod(api: KubeHttp, running: PodProcess) -> None:
-    """The kubelet's last word on a terminated pod: delete it now, this uid only."""
+def delete_pod(api: KubeHttp, namespace: str, name: str, uid: str) -> None:
+    """The kubelet's last word on a pod being deleted whose containers have stopped:
+    remove it now, this uid only."""
     body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-            "preconditions": {"uid": running.uid}}
+            "preconditions": {"uid": uid}}
     try:
-        api.request("DELETE", f"/api/v1/namespaces/{running.namespace}/pods/{running.name}", body)
+        api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body)
     except ApiError as exc:
         if exc.status not in (404, 409):
             raise
