@@ -266,11 +266,13 @@ def test_workers_join_the_head_service():
         "llama-alpaca-worker-2",
     ]
     for worker in workers:
+        name = service["metadata"]["name"]
         assert worker["spec"]["containers"][0]["command"] == [
-            "ray",
-            "start",
-            f"--address={service['metadata']['name']}:6379",
-            "--block",
+            "python", "-m", "kubetune.workers.train.rayworker",
+            f"--address={name}:6379",
+            # The head's status port takes the worker's spot notice (POST /stop).
+            f"--stop-url=http://{name}:8080/stop",
+            "--wait-seconds=25",
         ]
     assert service["spec"]["clusterIP"] == "None"
     assert {p["port"] for p in service["spec"]["ports"]} == {6379, 8080}

@@ -55,8 +55,10 @@ def test_two_workers_on_two_nodes_survive_a_preemption_without_losing_steps(
         assert status["phase"] == "Succeeded", status
         assert (status["recoveries"], status["errorRetries"], status["lostSteps"]) == (1, 0, 0)
         assert status["attempt"] == 2 and status["adapter"]["sha256"]
-        second = {h["name"]: h["node"] for h in agent.history
-                  if h["name"].startswith("duo-") and h["exitCode"] == 0}
-        assert set(second) == {"duo-head", "duo-worker-1"} and len(set(second.values())) == 2
+        # The evicted worker passed its notice to the head: both stopped with 75 after the
+        # same step; the head of attempt 2 finished the job.
+        runs = [(h["name"], h["exitCode"]) for h in agent.history if h["name"].startswith("duo-")]
+        assert ("duo-worker-1", 75) in runs and ("duo-head", 75) in runs, runs
+        assert runs.count(("duo-head", 0)) == 1, runs
     finally:
         operator.stop()

@@ -215,7 +215,8 @@ def build_worker_pod(
     capacity_type: CapacityType,
     index: int,
 ) -> dict:
-    """Ray worker `index` (1..workers-1): joins the head and blocks until it goes away."""
+    """Ray worker `index` (1..workers-1): joins the head and blocks until it goes away; on
+    SIGTERM it asks the head to checkpoint and stop the job (`rayworker`)."""
     if not 1 <= index < spec.resources.workers:
         raise ValueError(f"worker index {index} outside 1..{spec.resources.workers - 1}")
     image, pull_policy = _image(spec, config)
@@ -225,10 +226,12 @@ def build_worker_pod(
         "image": image,
         "imagePullPolicy": pull_policy,
         "command": [
-            "ray",
-            "start",
+            "python",
+            "-m",
+            "kubetune.workers.train.rayworker",
             f"--address={head_service_name(job.name)}:{RAY_GCS_PORT}",
-            "--block",
+            f"--stop-url=http://{head_service_name(job.name)}:{config.trainer_status_port}/stop",
+            f"--wait-seconds={spec.spot.checkpoint_budget_seconds}",
         ],
         "env": [*_common_env(spec, config, attempt, capacity_type), *ray_auth_env(job)],
         "resources": container_resources(spec),

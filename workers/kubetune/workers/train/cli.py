@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.status_port >= 0:
             from .progress import serve_progress
 
-            serve_progress(run.control.snapshot, args.status_port)
+            serve_progress(run.control.snapshot, args.status_port, stop=run.control.request_stop,
+                           token=os.environ.get("RAY_AUTH_TOKEN"))
         code, body = summary(run.run())
     except TrainerError as exc:
         code, body = EXIT_ERROR, {"result": "Failed", "message": str(exc)}
