@@ -9,42 +9,16 @@ non-wildcard rules, so the tests also state which requests must be refused.
 from __future__ import annotations
 
 import pytest
-from chart_render import NAMESPACE, SCENARIOS, only, render
+import yaml
+from chart_render import CHART, NAMESPACE, SCENARIOS, helm, only, render
+from rbac_expectations import MUST_BE_REFUSED, NAMESPACED_RULES, NODE_RULES
 
 from kubetune.devenv.pod_security import pod_spec_of
 
 pytestmark = pytest.mark.integration
 
 RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
-CRUD = {"get", "list", "watch", "create", "patch", "update", "delete"}
-# (apiGroup, resource) -> verbs, for namespaced objects; the least-privilege table.
-NAMESPACED_RULES = {
-    ("kubetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update"},
-    ("kubetune.dev", "modelserves"): {"get", "list", "watch", "patch", "update"},
-    ("kubetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
-    ("kubetune.dev", "modelserves/status"): {"get", "patch", "update"},
-    ("kubetune.dev", "finetunejobs/finalizers"): {"update"},
-    ("kubetune.dev", "modelserves/finalizers"): {"update"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "services"): CRUD,
-    ("", "configmaps"): CRUD,
-    ("", "events"): {"create", "patch"},
-    ("", "secrets"): {"create"},
-    ("apps", "deployments"): CRUD,
-    ("policy", "poddisruptionbudgets"): CRUD,
-}
-NODE_RULES = {("", "nodes"): {"get", "list", "watch"}}
-MUST_BE_REFUSED = [
-    ("get", "", "secrets"), ("list", "", "secrets"), ("watch", "", "secrets"),
-    ("update", "", "secrets"), ("patch", "", "secrets"), ("delete", "", "secrets"),
-    ("deletecollection", "", "secrets"),
-    ("create", "kubetune.dev", "finetunejobs"), ("delete", "kubetune.dev", "modelserves"),
-    ("update", "", "nodes"), ("patch", "", "nodes"), ("delete", "", "nodes"),
-    ("update", "", "pods"), ("create", "", "pods/exec"), ("get", "", "pods/log"),
-    ("create", "rbac.authorization.k8s.io", "roles"),
-    ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
-    ("create", "batch", "jobs"), ("get", "", "serviceaccounts"),
-]
+CLUSTER_SCOPED = f"kt-kubetune-{NAMESPACE}"  # release kt in kubetune-system
 
 
 def rule_table(role: dict) -> dict[tuple[str, str], set[str]]:
@@ -97,12 +71,12 @@ def test_no_wildcards_and_only_create_on_secrets(scenario_name: str) -> None:
 def test_cluster_wide_mode() -> None:
     docs = render("default")
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
-    operator_role = only(docs, "ClusterRole", "kt-kubetune")
-    nodes_role = only(docs, "ClusterRole", "kt-kubetune-nodes")
+    operator_role = only(docs, "ClusterRole", CLUSTER_SCOPED)
+    nodes_role = only(docs, "ClusterRole", f"{CLUSTER_SCOPED}-nodes")
     assert rule_table(operator_role) == NAMESPACED_RULES
     assert rule_table(nodes_role) == NODE_RULES
     sa = only(docs, "ServiceAccount")["metadata"]["name"]
-    for name in ("kt-kubetune", "kt-kubetune-nodes"):
+    for name in (CLUSTER_SCOPED, f"{CLUSTER_SCOPED}-nodes"):
         binding = only(docs, "ClusterRoleBinding", name)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                       "kind": "ClusterRole", "name": name}
@@ -140,3 +114,18 @@ def test_custom_service_account_name_is_bound() -> None:
     for binding in (d for d in docs if d["kind"].endswith("Binding")):
         assert bindings_subject(binding) == ("kubetune", NAMESPACE)
     assert pod_spec_of(only(docs, "Deployment"))["serviceAccountName"] == "kubetune"
+
+
+def test_cluster_scoped_names_carry_the_release_namespace() -> None:
+    """One release per team, all named `kubetune`: their ClusterRoles must not collide
+    (Helm refuses to adopt another release's object), while namespaced names stay short."""
+    def cluster_scoped(namespace: str) -> set[str]:
+        out = helm("template", "kubetune", str(CHART), "--namespace", namespace,
+                   "--set", "config.watchNamespaces={team-a}").stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        assert only(docs, "Role")["metadata"]["name"] == "kubetune"
+        return {d["metadata"]["name"] for d in docs if d["kind"].startswith("Cluster")}
+
+    first, second = cluster_scoped("ops-a"), cluster_scoped("ops-b")
+    assert first == {"kubetune-ops-a-nodes"}
+    assert second == {"kubetune-ops-b-nodes"}

@@ -91,6 +91,7 @@ def test_operator_deployment_runs_one_standalone_kopf(scenario: str) -> None:
     assert probe["path"] == "/healthz"
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert named[probe["port"]] == port
+    assert container["readinessProbe"]["httpGet"] == probe
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETUNE_CONFIG"] == "/etc/kubetune/config.yaml"
     mounts = {m["name"]: m for m in container["volumeMounts"]}

@@ -39,6 +39,17 @@ def test_a_starting_trainer_does_not_overwrite_the_previous_attempts_step():
     assert status.progress.step == 13 and status.lost_steps == 0
 
 
+def test_a_head_waiting_for_its_workers_has_not_resumed_yet():
+    """Found end to end: a two-worker job's new head reports WaitingForWorkers before it
+    resumes; counting then would call every step since the start lost."""
+    ended = progress.fold_summary(previous_attempt(13), {
+        "result": "Preempted", "steps": 15, "checkpoint": {"step": 15, "uri": "s3://b/c/15"}})
+    waiting = progress.fold(ended, polled(0, phase="WaitingForWorkers"), NEW_POD)
+    assert waiting.progress.step == 15 and waiting.lost_steps == 0
+    resumed = progress.fold(waiting, polled(16, 15), NEW_POD)
+    assert resumed.lost_steps == 0 and resumed.progress.step == 16
+
+
 def test_exit_summary_makes_a_checkpoint_on_sigterm_cost_nothing():
     ended = progress.fold_summary(previous_attempt(13), {
         "result": "Preempted", "steps": 15, "checkpoint": {"step": 15, "uri": "s3://b/c/15"}})

@@ -53,16 +53,17 @@ ADMIN = Identity("kubetune-admin", ("system:masters",))
 class ControlPlane:
     """`with ControlPlane(workdir) as cp:` starts and stops the four components.
 
-    `address` is where the API server listens and what it advertises; pods on the
-    project's test hosts reach it there (there is no kube-proxy for the `kubernetes`
-    Service's ClusterIP)."""
+    `address` is where the API server listens and what it advertises: the pod network's
+    host address, on port 443 as the `kubernetes` Service has it, so in-cluster clients
+    that dial `https://kubernetes.default.svc` (Kopf's ServiceAccount login does) reach it
+    without a kube-proxy. Each environment has an address of its own, so 443 is free."""
 
-    def __init__(self, workdir: Path | None = None, address: str = "127.0.0.1"):
+    def __init__(self, workdir: Path | None = None, address: str = "127.0.0.1", port: int = 443):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubetune-cp-"))
         self.address = address
         self.binary = cpbuild.binary_path()
         self.processes: dict[str, subprocess.Popen] = {}
-        self.port = free_port(address)
+        self.port = port
         self.url = f"https://{address}:{self.port}"
 
     # lifecycle -------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
     make demo            (or: python -m kubetune.devenv.demo)
 
-Starts the real control plane (etcd, kube-apiserver, controller manager, scheduler) with
-the CRDs, S3 (moto server), a node agent with one spot and one on-demand node, and the
-operator as its own process. Applies
+Starts the real control plane (etcd, kube-apiserver, controller manager, scheduler), S3
+(moto server) and a node agent with one spot and one on-demand node, then installs
+kubetune with `helm install` of its chart (CRDs, RBAC, the operator's Deployment, whose
+pod the node agent runs under the chart's ServiceAccount). Applies
 examples/finetune.yaml adapted to the tiny local model and data with the real kubectl,
 shows progress as the trainer reports it, injects one spot preemption and shows the
 recovery, then applies a ModelServe for the adapter, sends it a chat completion and
@@ -144,8 +145,12 @@ def run(max_steps: int, timeout: float) -> int:
             f"nodes: {', '.join(n.name for n in stack.nodes)}; workdir {stack.workdir}")
         for line in stack.kubectl("version").strip().splitlines():
             say(f"kubectl version: {line}")
-        stack.start_operator()
-        say(f"operator started as pid {stack.operator.pid} (python -m kubetune.operator)")
+        say("helm install kubetune ./helm/kubetune -n kubetune-system --wait -> "
+            + " ".join(stack.install_operator().split()[:12]) + " ...")
+        operator = stack.operator_pod()
+        say(f"operator pod {operator['metadata']['name']} Running on {operator['spec']['nodeName']} "
+            f"as ServiceAccount {operator['spec']['serviceAccountName']} "
+            f"(installed and Ready in {stack.operator_install_seconds:.1f} s)")
         manifest = stack.workdir / "finetune.yaml"
         manifest.write_text(yaml.safe_dump(demo_finetunejob(model_dir, max_steps), sort_keys=False))
         say("kubectl apply -f finetune.yaml -> " + stack.kubectl("apply", "-f", str(manifest)).strip())
@@ -171,7 +176,7 @@ def run(max_steps: int, timeout: float) -> int:
             "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
         }
         say("summary:\n" + json.dumps(summary, indent=2))
-    say("stopped the operator, pods, node agent, control plane and S3")
+    say("stopped the pods (the operator's included), node agent, control plane and S3")
     return 0
 
 

@@ -42,7 +42,7 @@ class KubeletServer:
     def start(self) -> KubeletServer:
         app = web.Application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._logs)
-        app.router.add_get("/healthz", lambda request: web.Response(text="ok"))
+        app.router.add_get("/healthz", self._healthz)
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 
@@ -70,6 +70,10 @@ class KubeletServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = None
+
+    @staticmethod
+    async def _healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         namespace, pod = request.match_info["namespace"], request.match_info["pod"]

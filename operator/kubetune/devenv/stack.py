@@ -1,34 +1,35 @@
 """The whole embedded environment in one object: the real control plane, S3, node agents
-and the operator.
+and the operator, installed as users install it.
 
 Used by the README's demo and the end-to-end tests so both exercise the wiring a cluster
 has: etcd, kube-apiserver, controller manager and scheduler (`cluster`), a spot and an
-on-demand Node run by the node agent, moto S3 on the pod network's host address, the
-operator as its own process (`python -m kubetune.operator`) through a kubeconfig, and
-users acting through the real kubectl binary. Everything is stopped on exit.
+on-demand Node run by the node agent, moto S3 on the pod network's host address, and
+kubetune installed with `helm install` of helm/kubetune (its CRDs, RBAC and Deployment):
+the operator runs as that Deployment's pod under the chart's ServiceAccount. Users act
+through the real kubectl and helm binaries. Everything is stopped on exit.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import signal
+import json
 import subprocess
-import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import yaml
-
 from .cluster import Cluster
 from .controlplane import ADMIN
-from .kubeapi import SECRETS
+from .kubeapi import PODS, SECRETS
 from .nodeagent import NodeAgent, NodeTemplate
 from .s3 import LoopbackS3
 from .tools import tool_path
 
 REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "helm" / "kubetune"
+OPERATOR_NAMESPACE = "kubetune-system"
+RELEASE = "kubetune"
 SPOT_LABEL = "karpenter.sh/capacity-type"
 POD_ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -57,7 +58,7 @@ class EmbeddedStack:
         self.timer_seconds = timer_seconds
         self.nodes = nodes if nodes is not None else default_nodes()
         self._exit = ExitStack()
-        self.operator: subprocess.Popen | None = None
+        self.operator_installed = False
 
     def __enter__(self) -> EmbeddedStack:
         try:
@@ -68,11 +69,11 @@ class EmbeddedStack:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop_operator()
         self._exit.close()
 
     def _start(self) -> None:
-        self.cluster = self._exit.enter_context(Cluster(self.workdir / "cluster"))
+        # No CRDs yet: `helm install` brings them, as on a new cluster.
+        self.cluster = self._exit.enter_context(Cluster(self.workdir / "cluster", crds=[]))
         self.api = self.cluster.api
         self.kubeconfig = self.cluster.control_plane.kubeconfig(ADMIN, self.namespace)
         self.s3 = self._exit.enter_context(LoopbackS3(host=self.cluster.network.gateway))
@@ -86,43 +87,46 @@ class EmbeddedStack:
         self.agent = self._exit.enter_context(NodeAgent(
             self.cluster.control_plane, self.cluster.network, self.workdir / "nodes", self.nodes,
             extra_env=POD_ENV))
-        self.config_path = self.workdir / "operator-config.yaml"
-        self.config_path.write_text(yaml.safe_dump({
-            "spotProvider": "karpenter",
-            "storage": {"defaultEndpoint": self.s3.endpoint},
-        }))
 
-    # the operator, as its own process ---------------------------------------------------
-    def start_operator(self) -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "KUBETUNE_CONFIG": str(self.config_path),
-            "KUBETUNE_RECONCILE_INTERVAL": str(self.timer_seconds),
-            "PYTHONUNBUFFERED": "1",
+    # the operator, installed with its chart ------------------------------------------
+    def install_operator(self, timeout: float = 180) -> str:
+        """`helm install --wait` of the chart into kubetune-system (Pod Security
+        `restricted`), watching this stack's namespace; returns helm's output."""
+        self.cluster.namespace(OPERATOR_NAMESPACE)
+        values = {
+            "logFormat": "plain",
+            "config": {"spotProvider": "karpenter", "watchNamespaces": [self.namespace],
+                       "storage": {"defaultEndpoint": self.s3.endpoint}},
+            "extraEnv": [{"name": "KUBETUNE_RECONCILE_INTERVAL", "value": str(self.timer_seconds)}],
+            # The operator stays off spot capacity, as a platform team would place it.
+            "nodeSelector": {SPOT_LABEL: "on-demand"},
         }
-        log = open(self.workdir / "operator.log", "ab")
-        self.operator = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.operator", "--standalone", f"--namespace={self.namespace}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        return self.operator
+        path = self.workdir / "values.yaml"
+        path.write_text(json.dumps(values))
+        started = time.monotonic()
+        out = self.helm("install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+                        "--values", str(path), "--wait", f"--timeout={int(timeout)}s")
+        self.operator_installed = True
+        self.operator_install_seconds = time.monotonic() - started
+        return out
 
-    def stop_operator(self) -> None:
-        if self.operator and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGTERM)
-            try:
-                self.operator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.operator.pid, signal.SIGKILL)
-                self.operator.wait(timeout=5)
-        self.operator = None
+    def operator_pod(self) -> dict | None:
+        pods = self.api.list(PODS, OPERATOR_NAMESPACE, label_selector="app.kubernetes.io/name=kubetune")
+        return pods[0] if pods else None
 
     def operator_log(self) -> str:
-        path = self.workdir / "operator.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """The operator pod's log, as `kubectl logs deployment/kubetune` shows it."""
+        if not self.operator_installed:
+            return ""
+        return self.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--tail=200",
+                            check=False)
+
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        result = subprocess.run([str(tool_path("helm")), "--kubeconfig", str(self.kubeconfig), *args],
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
 
     # users act through the real kubectl -------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:

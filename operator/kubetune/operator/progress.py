@@ -19,7 +19,9 @@ from .pod_state import parse_time
 
 POLL_TIMEOUT_SECONDS = 2.0
 # Trainer phases before it has loaded its checkpoint: its step is not yet meaningful.
-STARTING_PHASES = {"Starting", "Loading", None}
+# Phases before the trainer has resumed from its checkpoint; a multi-pod head waits for
+# its worker pods' Ray nodes first.
+STARTING_PHASES = {"Starting", "Loading", "WaitingForWorkers", None}
 
 
 def fetch(pod: dict, port: int, timeout: float = POLL_TIMEOUT_SECONDS) -> dict | None:

@@ -17,10 +17,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from .cli import EXIT_PREEMPTED
@@ -54,12 +56,20 @@ def ask_head_to_stop(url: str, token: str) -> bool:
     return False
 
 
-def head_answers(progress_url: str) -> bool:
+def head_is_up(progress_url: str) -> bool:
+    """False once nothing listens there any more (or its name is gone with its pod). A
+    slow answer or an error page still means up: a checkpointing head is busy."""
     try:
         with urllib.request.urlopen(progress_url, timeout=2):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except urllib.error.URLError as exc:
+        return not isinstance(exc.reason, (ConnectionRefusedError, socket.gaierror))
+    except ConnectionRefusedError:
         return False
+    except OSError:  # a timeout
+        return True
 
 
 def wait_for_head_to_go(node: subprocess.Popen, progress_url: str, seconds: float) -> None:
@@ -68,7 +78,7 @@ def wait_for_head_to_go(node: subprocess.Popen, progress_url: str, seconds: floa
     deadline = time.monotonic() + seconds
     misses = 0
     while node.poll() is None and time.monotonic() < deadline and misses < 2:
-        misses = 0 if head_answers(progress_url) else misses + 1
+        misses = 0 if head_is_up(progress_url) else misses + 1
         time.sleep(0.5)
 
 
