@@ -54,6 +54,7 @@ class Manifest:
     metrics: dict = field(default_factory=dict)  # {"trainLoss", "evalLoss", "steps", "tokens"}
     step: int | None = None
     created_at: str | None = None
+    job: dict = field(default_factory=dict)  # {"namespace", "name", "uid"} of the writer
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> bytes:
@@ -62,6 +63,7 @@ class Manifest:
             "kind": self.kind,
             "step": self.step,
             "createdAt": self.created_at,
+            "job": self.job,
             "baseModel": self.base_model,
             "method": self.method,
             "training": self.training,
@@ -88,6 +90,7 @@ class Manifest:
                 metrics=body.get("metrics", {}),
                 step=body.get("step"),
                 created_at=body.get("createdAt"),
+                job=body.get("job") or {},
                 version=body.get("version", MANIFEST_VERSION),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -104,15 +104,22 @@ def main(argv: list[str] | None = None) -> int:
         from .jobfile import load_job
         from .runner import InProcessRun, RayRun
 
-        job = load_job(args.spec, args.namespace, args.job)
-        run = InProcessRun(job, started) if args.no_ray else RayRun(job, started, args.ray_address)
-        attach_control(clock, run.control)
-        if args.status_port >= 0:
-            from .progress import serve_progress
+        from .published import finished_adapter
 
-            serve_progress(run.control.snapshot, args.status_port, stop=run.control.request_stop,
-                           token=os.environ.get("RAY_AUTH_TOKEN"))
-        code, body = summary(run.run())
+        job = load_job(args.spec, args.namespace, args.job)
+        done = finished_adapter(job)
+        if done is not None:
+            code, body = summary(done)
+        else:
+            run = InProcessRun(job, started) if args.no_ray else RayRun(job, started, args.ray_address)
+            attach_control(clock, run.control)
+            if args.status_port >= 0:
+                from .progress import serve_progress
+
+                serve_progress(run.control.snapshot, args.status_port,
+                               stop=run.control.request_stop,
+                               token=os.environ.get("RAY_AUTH_TOKEN"))
+            code, body = summary(run.run())
     except TrainerError as exc:
         code, body = EXIT_ERROR, {"result": "Failed", "message": str(exc)}
     except Exception as exc:  # the message is the user's only clue: keep the cause

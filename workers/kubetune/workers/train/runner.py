@@ -23,6 +23,7 @@ def loop_config(job, started_at: float, control_kind: str) -> dict:
         "spec": job.spec_wire,
         "namespace": job.namespace,
         "job": job.name,
+        "uid": job.uid,
         "startedAt": started_at,
         "control": control_kind,
         "controlActor": actor_name(job.namespace, job.name),

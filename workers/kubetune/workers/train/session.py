@@ -192,7 +192,9 @@ class TrainingSession:
             self.tokenizer.save_pretrained(str(local))
             manifest = Manifest(kind="adapter", step=self.run_state.step,
                                 base_model=self.base_model_ref(), method=self.method_ref(),
-                                training=self.training_ref(), metrics=self.metrics())
+                                training=self.training_ref(), metrics=self.metrics(),
+                                job={"namespace": self.config["namespace"],
+                                     "name": self.config["job"], "uid": self.config.get("uid")})
             published = storage.publish_directory(self.client(), local, self.location.adapter,
                                                   manifest)
             if self.spec.retention.checkpoints == "DeleteOnSuccess":
