@@ -1,5 +1,6 @@
 """Fixtures shared by every test area: repository paths, the real control plane (one per
-session, a namespace per test), node agents, loopback S3, the tiny model. Area-specific
+session, a namespace per test), node agents, S3 (on loopback, and on the pod network for
+pods), the tiny model. Area-specific
 fixtures live in each area's own conftest.py."""
 
 from __future__ import annotations
@@ -21,20 +22,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session")
-def crds() -> list[dict]:
-    from kubetune.devenv.admission import load_crds
-
-    return load_crds(REPO / "crds")
-
-
-@pytest.fixture(scope="session")
-def admission(crds):
-    from kubetune.devenv.admission import CrdAdmission
-
-    return CrdAdmission(crds)
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,9 @@ class ControlPlane:
         """A kubeconfig for `identity` (a client certificate signed by the CA)."""
         filename = identity.name.replace(":", "_")
         pair = self.ca.issue(f"user-{filename}", identity.name, identity.groups)
-        path = self.workdir / f"{filename}.kubeconfig"
+        # One file per user and namespace: handing out another namespace's kubeconfig
+        # must not move the default namespace of one already in use.
+        path = self.workdir / f"{filename}.{namespace}.kubeconfig"
         write_kubeconfig(path, self.url, self.ca.cert_path, pair, identity.name, namespace)
         return path
 

@@ -285,7 +285,7 @@ class NodeAgent:
         try:
             with urllib.request.urlopen(url, timeout=float(probe.get("timeoutSeconds", 1))) as answer:
                 ok = 200 <= answer.status < 400
-        except OSError:
+        except (OSError, ValueError):  # refused, timed out, or a port name the pod lacks
             ok = False
         running.probe_failures = 0 if ok else running.probe_failures + 1
         ready = ok or (running.ready and running.probe_failures < int(probe.get("failureThreshold", 3)))
@@ -321,8 +321,15 @@ class NodeAgent:
         restart = not deleting and (running.restart_policy == "Always" or
                                     (running.restart_policy == "OnFailure" and exit_code != 0))
         if restart and not node.gone:
+            # CrashLoopBackOff as the kubelet does it: 10 s, doubling, at most 5 min.
+            if running.restart_at is None:
+                running.restart_at = time.monotonic() + min(300, 10 * 2 ** running.restart_count)
+                log.info("%s/%s exited %d: restart in %.0f s", running.namespace, running.name,
+                         exit_code, running.restart_at - time.monotonic())
+            if time.monotonic() < running.restart_at:
+                return
+            running.restart_at = None
             running.restart_count += 1
-            log.info("restarting %s/%s (exit %d)", running.namespace, running.name, exit_code)
             self._relaunch(node, running)
             self._report_running(running)
             return

@@ -1,9 +1,9 @@
 """A checker for the Kubernetes Pod Security Standard "restricted" (policy version latest).
 
-No admission controller runs on this machine, so the chart tests and the operator's
-builder tests need another way to prove that every pod kubetune creates would be admitted
-by a namespace labelled `pod-security.kubernetes.io/enforce: restricted`. This module
-re-states the rules of https://kubernetes.io/docs/concepts/security/pod-security-standards/
+The real PodSecurity admission of the embedded kube-apiserver judges the pods kubetune
+creates in the integration tests (namespaces there enforce `restricted`). The pure unit
+tests of the builders and the chart run without an API server, so they use this module:
+it re-states the rules of https://kubernetes.io/docs/concepts/security/pod-security-standards/
 (baseline + restricted) as pure checks on a pod spec. It returns the violations rather
 than raising, so a test can show all of them at once.
 

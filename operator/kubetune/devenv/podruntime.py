@@ -79,6 +79,7 @@ class PodProcess:
     ready: bool = False
     probe_failures: int = 0
     next_probe: float = 0.0
+    restart_at: float | None = None  # when a crashed container is started again
     config_volumes: dict[str, Path] = field(default_factory=dict)  # ConfigMap name -> folder
     launch_file: Path | None = None
 

@@ -194,7 +194,7 @@ def _message(body) -> str:
 
 def new_api_client():
     """An ApiClient from $KUBECONFIG / ~/.kube/config, else the in-cluster service account.
-    The config is read now, not at import (tests point KUBECONFIG at an emulator)."""
+    The config is read now, not at import (tests point KUBECONFIG at their own control plane)."""
     import os
 
     from kubernetes import client, config
