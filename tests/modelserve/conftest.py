@@ -11,33 +11,37 @@ Fixtures here: `kubeconfig` (what the operator's clients read), `operator` (Kopf
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
+from kubetune.devenv.controlplane import Identity
 from kubetune.devenv.nodeagent import NodeTemplate
 
 ON_DEMAND_NODE = NodeTemplate("node-1", labels={"karpenter.sh/capacity-type": "on-demand"})
 # One thread per pod keeps two CPU cores usable; no model hub is reachable from here.
 POD_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+# Kopf makes one logger per activity when it first runs one (kopf/_core/engines/activities.py).
+KOPF_ACTIVITIES = ("startup", "authentication", "probe", "cleanup")
+OPERATOR = Identity("kubetune-modelserve-operator", ("system:masters",))
 
 
 @pytest.fixture
-def kubeconfig(kube_cluster, monkeypatch):
-    """$KUBECONFIG for the operator's own clients (`kube.Kube`, Kopf's login): the
-    cluster's admin, as the operator under test runs with its own credentials."""
-    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
-    return kube_cluster.kubeconfig
+def kubeconfig(kube_cluster, kube_namespace, monkeypatch):
+    """$KUBECONFIG for the operator's own clients (`kube.Kube`, Kopf's login), defaulting
+    to the test's namespace. A user of its own: `kubeconfig(ADMIN, ...)` would rewrite
+    the session's shared admin kubeconfig file (one file per identity)."""
+    path = kube_cluster.control_plane.kubeconfig(OPERATOR, kube_namespace)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
 
 
-def operator_registry(resync_seconds: float):
+def operator_registry(service, resync_seconds: float):
     """The registry `kopf run` would build, with the ModelServe handlers only (no
     FineTuneJob reconciler: the tests write FineTuneJob status themselves)."""
     import kopf
-    from kubetune.operator.config import OperatorConfig
-    from kubetune.operator.kube import Kube
     from kubetune.operator.modelserve.handlers import register
-    from kubetune.operator.modelserve.service import ServeService
 
     registry = kopf.OperatorRegistry()
 
@@ -56,7 +60,7 @@ def operator_registry(resync_seconds: float):
     def login(**kwargs):
         return kopf.login_with_kubeconfig(**kwargs)
 
-    register(registry, lambda: ServeService(Kube(), OperatorConfig()), resync_seconds)
+    register(registry, lambda: service, resync_seconds)
     return registry
 
 
@@ -66,11 +70,22 @@ def operator(kubeconfig, kube_namespace, request):
     before the namespace goes. The resync timer ticks every second unless the test
     parametrizes another interval."""
     import kopf
+    from kubetune.operator.config import OperatorConfig
+    from kubetune.operator.kube import Kube
+    from kubetune.operator.modelserve.service import ServeService
 
+    # pytest walks every logger, without logging's lock, as each test phase starts; a
+    # logger made meanwhile in Kopf's thread fails the test with "dictionary changed
+    # size during iteration" (seen: kopf.activities.authentication, made as the
+    # ready flag fires). So Kopf's loggers and the service exist before the thread.
+    for activity in KOPF_ACTIVITIES:
+        logging.getLogger(f"kopf.activities.{activity}")
+    service = ServeService(Kube(), OperatorConfig())
     resync = getattr(request, "param", 1.0)
     stop_flag, ready_flag = threading.Event(), threading.Event()
     thread = threading.Thread(target=lambda: asyncio.run(kopf.operator(
-        registry=operator_registry(resync), namespaces=[kube_namespace], standalone=True,
+        registry=operator_registry(service, resync), namespaces=[kube_namespace],
+        standalone=True,
         stop_flag=stop_flag, ready_flag=ready_flag)), daemon=True)
     thread.start()
     assert ready_flag.wait(30), "kopf did not start"

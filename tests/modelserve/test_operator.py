@@ -179,6 +179,67 @@ def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(
     assert body["model"] == "tuned" and body["usage"]["completion_tokens"] >= 1
 
 
+def models_served(pod: dict) -> list[str]:
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{PORT}/v1/models",
+                                timeout=10) as answer:
+        return [m["id"] for m in json.loads(answer.read())["data"]]
+
+
+@pytest.mark.slow
+def test_a_base_model_roll_keeps_the_old_replica_serving_until_the_new_one_is_ready(
+        kube_cluster, kube_namespace, serve_node, operator, s3_models):
+    """maxUnavailable 0: while the rolled pod cannot load its base (it is not in S3 and
+    the server exits, again and again), the old pod keeps serving; reverting the spec
+    returns to that very pod."""
+    s3 = s3_models[0]
+    api, ns = kube_cluster.api, kube_namespace
+    api.create(SECRETS, s3_secret(ns), ns)
+    api.create(MODELSERVES, modelserve("roll", ns, s3.endpoint, adapters=[]), ns)
+
+    def state():
+        pods = {p["metadata"]["name"]: (p["status"].get("phase"), p["status"].get(
+            "containerStatuses")) for p in server_pods(api, ns, "roll")}
+        return json.dumps({"status": serve_status(api, ns, "roll"), "pods": pods}, indent=1)
+
+    wait_for(lambda: condition(serve_status(api, ns, "roll"), "Ready") == "True",
+             "the ModelServe Ready", timeout=180, on_timeout=state)
+    (old,) = server_pods(api, ns, "roll")
+    assert models_served(old) == ["tiny"]
+
+    api.patch(MODELSERVES, "roll", {"spec": {"baseModel": {
+        "uri": f"s3://{BUCKET}/models/missing"}}}, ns)
+
+    def new_pod_crashed():
+        pods = [p for p in server_pods(api, ns, "roll") if p["metadata"]["uid"] != old[
+            "metadata"]["uid"]]
+        statuses = [c for p in pods for c in p["status"].get("containerStatuses") or []]
+        return pods if any(c["restartCount"] >= 1 for c in statuses) else None
+
+    (new,) = wait_for(new_pod_crashed, "the rolled pod failing to load its base",
+                      timeout=120, on_timeout=state)
+    assert len(replicasets(api, ns, "roll")) == 2
+    kept = {p["metadata"]["uid"]: p for p in server_pods(api, ns, "roll")}[old["metadata"]["uid"]]
+    assert condition(kept["status"], "Ready") == "True"
+    assert models_served(kept) == ["tiny"]
+    wait_for(lambda: serve_status(api, ns, "roll").get("observedGeneration") == 2,
+             "the roll observed", on_timeout=state)
+    status = serve_status(api, ns, "roll")
+    assert (status["phase"], condition(status, "Ready"), condition(status, "Reconciling")) == (
+        "Progressing", "False", "True")
+    assert status["message"] == (
+        "rolling out: 1 old replicas serving until the updated ones are ready")
+    assert status["readyReplicas"] == 1
+
+    api.patch(MODELSERVES, "roll", {"spec": {"baseModel": {"uri": BASE_URI}}}, ns)
+    wait_for(lambda: [p["metadata"]["uid"] for p in server_pods(api, ns, "roll")] == [
+        old["metadata"]["uid"]] and condition(serve_status(api, ns, "roll"), "Ready") == "True",
+             "back to the old pod alone, Ready", timeout=60, on_timeout=state)
+    assert new["metadata"]["name"] not in {p["metadata"]["name"]
+                                           for p in server_pods(api, ns, "roll")}
+    (pod,) = server_pods(api, ns, "roll")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
 def test_invalid_spec_is_stalled_with_an_event_and_creates_nothing(
         kube_cluster, kube_namespace, operator):
     api, ns = kube_cluster.api, kube_namespace

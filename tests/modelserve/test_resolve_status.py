@@ -229,3 +229,13 @@ def test_an_unreadable_old_status_keeps_its_conditions_and_is_replaced():
     assert again["conditions"] == first["conditions"]
     patch = status_patch(stale, again)["status"]
     assert patch == {"phase": "Ready", "kopf": None}
+
+
+def test_old_replicas_kept_for_unready_updated_ones_are_explained():
+    """The real Deployment controller leaves terminating pods out of status.replicas, so
+    a surplus means old replicas still serving while the updated ones load."""
+    observed = Observed(2, 1, deployment(replicas=2, ready=1, updated=1), [pod()])
+    status = compute_status([RESOLVED], observed, "e", None, NOW)
+    assert status["phase"] == "Progressing"
+    assert status["message"] == (
+        "rolling out: 1 old replicas serving until the updated ones are ready")

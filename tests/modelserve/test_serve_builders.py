@@ -1,5 +1,7 @@
 """ModelServe builders: golden manifests per scenario, the rules every child follows, and
-the restart-hash contract (adapter-only changes never touch the pod template).
+the restart-hash contract (adapter-only changes never touch the pod template). One
+integration test has the real API server judge every case (schema, Pod Security
+`restricted`) by server-side dry runs, beside the pure restricted-profile check.
 
 Regenerate the golden files after an intended change with
 `KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/modelserve/test_serve_builders.py`.
@@ -135,6 +137,48 @@ def test_server_pods_meet_restricted_pod_security(name):
     assert check_restricted(pod_spec) == []
     assert pod_spec["securityContext"]["runAsUser"] == 65532
     assert pod_spec["securityContext"]["runAsGroup"] == 65532
+
+
+@pytest.fixture
+def admitting_namespace(kube_cluster, kube_namespace):
+    """The test's restricted namespace with what the cases' pods refer to by name (a
+    ServiceAccount, a PriorityClass), which admission looks up."""
+    api = kube_cluster.api
+    api.request("POST", f"/api/v1/namespaces/{kube_namespace}/serviceaccounts", {
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "llm-server"}})
+    path = "/apis/scheduling.k8s.io/v1/priorityclasses"
+    api.request("POST", path, {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                               "metadata": {"name": f"serving-high-{kube_namespace}"},
+                               "value": 1000})
+    yield kube_namespace
+    api.delete_path(f"{path}/serving-high-{kube_namespace}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_real_api_server_admits_every_child_and_pod(name, kube_cluster, admitting_namespace):
+    """Server-side dry runs into a namespace enforcing Pod Security `restricted`: the real
+    schema validation takes every child, and the real PodSecurity admission (which only
+    warns for Deployments) takes a pod made from the Deployment's template."""
+    api, namespace = kube_cluster.api, admitting_namespace
+    for child in build_case(name):
+        child = json.loads(json.dumps(child).replace('"ml-team"', json.dumps(namespace)))
+        resource = {"ConfigMap": "api/v1/configmaps", "Service": "api/v1/services",
+                    "Deployment": "apis/apps/v1/deployments",
+                    "PodDisruptionBudget": "apis/policy/v1/poddisruptionbudgets"}[child["kind"]]
+        group_version, plural = resource.rsplit("/", 1)
+        api.request("POST", f"/{group_version}/namespaces/{namespace}/{plural}", child,
+                    query={"dryRun": "All", "fieldValidation": "Strict"})
+        if child["kind"] == "Deployment":
+            template = child["spec"]["template"]
+            pod_spec = dict(template["spec"])
+            if "priorityClassName" in pod_spec:
+                pod_spec["priorityClassName"] = f"serving-high-{namespace}"
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "server", **template["metadata"]}, "spec": pod_spec}
+            created = api.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod,
+                                  query={"dryRun": "All", "fieldValidation": "Strict"})
+            assert created["spec"]["securityContext"]["runAsUser"] == 65532
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -133,3 +133,23 @@ def test_spec_changes_reach_children_pdb_follows_replicas(env):
     assert api.get(PDBS, "chat-serve", namespace) is None
     wait_for(lambda: len(replicasets(api, namespace, "chat")) == 2,
              "a second ReplicaSet for the new template")
+
+
+def test_deleting_the_serve_lets_the_garbage_collector_remove_every_child(env):
+    """The owner references are what a real cluster's garbage collector follows: with a
+    wrong apiVersion, kind or uid the children would stay (or go at once)."""
+    api, namespace, _, service = env
+    body = serve_body(namespace)
+    body["spec"]["replicas"] = 2
+    api.create(MODELSERVES, body, namespace)
+    reconcile(api, namespace, service)
+    settled(api, namespace, replicas=2)
+    children = [(CONFIGMAPS, "chat-serve-config"), (SERVICES, "chat-serve"),
+                (DEPLOYMENTS, "chat-serve"), (PDBS, "chat-serve")]
+    assert all(api.get(kind, name, namespace) for kind, name in children)
+
+    api.delete(MODELSERVES, "chat", namespace)
+    wait_for(lambda: not any(api.get(kind, name, namespace) for kind, name in children)
+             and not replicasets(api, namespace, "chat"),
+             "the children garbage-collected", timeout=60,
+             on_timeout=lambda: [name for kind, name in children if api.get(kind, name, namespace)])

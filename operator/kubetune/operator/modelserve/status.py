@@ -129,7 +129,12 @@ def rollout(observed: Observed) -> tuple[int, int, str | None]:
     if updated < want:
         return replicas, ready, f"rolling out: {updated}/{want} replicas updated"
     if replicas > want:
-        return replicas, ready, f"rolling out: {replicas - want} old replicas terminating"
+        # The Deployment controller counts no terminating pod in status.replicas: the
+        # surplus is old replicas kept serving (maxUnavailable 0) until the updated
+        # ones are ready.
+        return replicas, ready, (
+            f"rolling out: {replicas - want} old replicas serving until the updated ones "
+            "are ready")
     if ready < want:
         return replicas, ready, f"{ready}/{want} replicas ready"
     return replicas, ready, None
