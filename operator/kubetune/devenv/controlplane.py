@@ -197,38 +197,36 @@ class ControlPlane:
             "--event-ttl=1h",
         ])
 
-    def _component_kubeconfig(self, user: str) -> Path:
-        return self.kubeconfig(Identity(user))
-
-    def _controller_manager_args(self) -> list[str]:
-        kubeconfig = self._component_kubeconfig("system:kube-controller-manager")
+    def _component_args(self, user: str, name: str) -> list[str]:
+        """What the controller manager and the scheduler share: their identity, their
+        own secure port on loopback, one instance each (no leader election)."""
+        kubeconfig = self.kubeconfig(Identity(user))
         return [
             f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            f"--cert-dir={self.workdir / 'controller-manager-certs'}",
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            f"--cert-dir={self.workdir / f'{name}-certs'}",
+            "--leader-elect=false", "--profiling=false", "--v=1",
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        return [
+            *self._component_args("system:kube-controller-manager", "controller-manager"),
+            "--use-service-account-credentials=true",
             f"--root-ca-file={self.ca.cert_path}",
             f"--service-account-private-key-file={self.service_account.key}",
             f"--cluster-signing-cert-file={self.ca.cert_path}",
             f"--cluster-signing-key-file={self.ca.pair.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cluster-cidr={CLUSTER_CIDR}", "--allocate-node-cidrs=false",
-            "--controllers=*", "--profiling=false", "--v=1",
+            "--controllers=*",
             # A lost node is noticed in seconds rather than the default 50 s.
             "--node-monitor-period=2s", "--node-monitor-grace-period=16s",
             "--terminated-pod-gc-threshold=1000",
         ]
 
     def _scheduler_args(self) -> list[str]:
-        kubeconfig = self._component_kubeconfig("system:kube-scheduler")
-        return [
-            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            f"--cert-dir={self.workdir / 'scheduler-certs'}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ]
+        return self._component_args("system:kube-scheduler", "scheduler")
 
     def _wait_ready(self) -> None:
         """Until /readyz answers ok (every post-start hook done, RBAC bootstrapped)."""
