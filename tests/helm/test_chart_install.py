@@ -17,6 +17,7 @@ whole API surface for a job (watch, finalizer, spec ConfigMap, head Pod, status,
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from datetime import datetime
 
@@ -148,7 +149,10 @@ def check_reconciled(release: Release, name: str, namespace: str) -> dict:
 
 
 def forbidden(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "forbidden" in line.lower()]
+    """RBAC refusals in the operator's log (`... is forbidden: User "..." cannot ...`), not
+    other 403s such as writes into a namespace being deleted by another test."""
+    return [line for line in log.splitlines()
+            if "forbidden" in line.lower() and re.search(r'User "[^"]+" cannot', line)]
 
 
 def test_cluster_mode_operator_reconciles_under_the_chart_rbac(

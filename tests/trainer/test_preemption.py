@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from faultproxy import FaultProxy, Rule
-from trainer_support import adapter_tensors, assert_same_adapter, job_spec
+from trainer_support import adapter_tensors, assert_identical_adapter, job_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 JOB = "preempted"
@@ -88,4 +88,4 @@ def test_sigterm_at_four_points_then_same_adapter_as_uninterrupted(
     assert code == 0, last.log_tail()
     assert_resumed_from(last, 16)
     assert summary["steps"] == summary["totalSteps"] == 24
-    assert_same_adapter(adapter_tensors(s3.client(), JOB), reference)
+    assert_identical_adapter(adapter_tensors(s3.client(), JOB), reference)

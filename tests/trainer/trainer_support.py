@@ -58,3 +58,14 @@ def assert_same_adapter(left: dict, right: dict, atol: float = 1e-5) -> None:
     assert sorted(left) == sorted(right)
     for key in left:
         assert torch.allclose(left[key], right[key], atol=atol, rtol=1e-4), key
+
+
+def assert_identical_adapter(left: dict, right: dict) -> None:
+    """Bitwise equality: what resume promises (same dtypes, shapes and every bit)."""
+    import torch
+
+    assert sorted(left) == sorted(right)
+    for key in left:
+        assert left[key].dtype == right[key].dtype, key
+        assert torch.equal(left[key], right[key]), (
+            key, float((left[key].double() - right[key].double()).abs().max()))

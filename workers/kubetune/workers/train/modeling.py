@@ -71,6 +71,7 @@ def load_peft_model(model_dir: str, spec, device):
         raise ModelSourceError(f"baseModel {spec.base_model.uri}: {exc}") from exc
     checkpointing = {"use_reentrant": False}
     if quant is not None:
+        keep_cpu_4bit_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
         )
@@ -90,6 +91,25 @@ def load_peft_model(model_dir: str, spec, device):
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ModelSourceError(f"spec.method.lora.targetModules: {exc}") from exc
+
+
+def keep_cpu_4bit_trainable(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights; returns layers changed.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode under no_grad (our
+    `evaluate`) rewrites the layer's weight in place into an inference-only layout: absmax
+    rounded to bfloat16, double quantization undone, and every later forward, training
+    included, runs `gemv_4bit`, which has no autograd kernel, so no gradient flows back
+    through the frozen layers. The change is one-way, so training after the first eval
+    would differ from training before it: a resumed attempt (no initial eval) and an
+    uninterrupted run (initial eval at step 0) would diverge. GPUs never take this path.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def make_optimizer(model, training, device):
