@@ -75,6 +75,7 @@ class PodNetwork:
         self._lock = threading.Lock()
         self._next = itertools.count(1)
         self._free: list[int] = list(range(2, 255))
+        self._taken: set[int] = set()
         self.subnet: ipaddress.IPv4Network | None = None
 
     @property
@@ -125,11 +126,14 @@ class PodNetwork:
             if not self._free:
                 raise RuntimeError(f"pod network {self.subnet} is full")
             host_part = self._free.pop(0)
+            self._taken.add(host_part)
             serial = next(self._next)
         netns = f"{PREFIX}-{self.owner}-{serial}"
         address = str(self.subnet.network_address + host_part)
         tag = f"{self.owner % 100000}x{serial}"
         outside, inside = f"{PREFIX}v{tag}", f"{PREFIX}q{tag}"  # IFNAMSIZ: 15 characters
+        # A reused address must not be answered at the MAC of the pod that had it before.
+        ip("neigh", "flush", "to", address, check=False)
         ip("netns", "add", netns)
         ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         ip("link", "set", inside, "netns", netns)
@@ -163,9 +167,14 @@ class PodNetwork:
             "options ndots:5\n")
 
     def detach(self, pod: PodAddress) -> None:
+        """Remove the pod's namespace and free its address, once: an address freed twice
+        would be handed to two live pods."""
         self._remove_netns(pod.netns)
+        host_part = int(ipaddress.ip_address(pod.ip)) - int(self.subnet.network_address)
         with self._lock:
-            self._free.append(int(ipaddress.ip_address(pod.ip)) - int(self.subnet.network_address))
+            if host_part in self._taken:
+                self._taken.discard(host_part)
+                self._free.append(host_part)
 
     @staticmethod
     def _remove_netns(name: str) -> None:
