@@ -192,3 +192,22 @@ def test_configmap_edits_reach_a_running_pods_volume(kube_cluster, kube_namespac
     wait_for(lambda: phase(api, ns, "watcher") == "Running", 60, "the pod to run")
     api.patch(CONFIGMAPS, "live", {"data": {"v": "2"}}, ns)
     wait_for(lambda: phase(api, ns, "watcher") == "Succeeded", 30, "the pod to see the edit")
+
+
+def test_a_volume_over_the_checkout_leaves_the_image_visible(kube_cluster, kube_namespace,
+                                                             node_agent, repo):
+    """The checkout and its virtualenv play the image; a volume mounted over the folder
+    that holds them (as /tmp does when CI clones under /tmp) must not hide them."""
+    api, ns = kube_cluster.api, kube_namespace
+    node_agent([NodeTemplate("image-node", ON_DEMAND)])
+    code = ("import os, pathlib, sys\n"
+            f"assert os.listdir({str(repo.parent)!r}) == [{repo.name!r}], os.listdir({str(repo.parent)!r})\n"
+            "pathlib.Path('/dev/termination-log').write_text(sys.executable)\n")
+    body = python_pod("hidden", code, container={
+        "volumeMounts": [{"name": "over", "mountPath": str(repo.parent)}]},
+        volumes=[{"name": "over", "emptyDir": {}}])
+    api.create(PODS, body, ns)
+    wait_for(lambda: phase(api, ns, "hidden") in ("Succeeded", "Failed"), 60, "the pod to end")
+    state = terminated(api, ns, "hidden")
+    assert state["exitCode"] == 0, state
+    assert state["message"].startswith(str(repo))

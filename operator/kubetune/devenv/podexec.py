@@ -41,7 +41,10 @@ def _mount_point(fd: int, target: Path) -> None:
 def bind(fd: int, target: str, read_only: bool) -> None:
     dst = Path(target)
     _mount_point(fd, dst)
-    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", str(dst)], check=True, pass_fds=(fd,))
+    # --no-canonicalize: mount(8) would otherwise resolve /proc/self/fd/N to the path it
+    # names, which a volume bound before may already hide; the kernel binds the file itself.
+    subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", str(dst)],
+                   check=True, pass_fds=(fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)], check=True)
 
