@@ -211,3 +211,16 @@ def test_a_volume_over_the_checkout_leaves_the_image_visible(kube_cluster, kube_
     state = terminated(api, ns, "hidden")
     assert state["exitCode"] == 0, state
     assert state["message"].startswith(str(repo))
+
+
+def test_a_deleted_node_is_a_machine_gone_its_pods_get_sigterm(kube_cluster, kube_namespace,
+                                                                node_agent):
+    api, ns = kube_cluster.api, kube_namespace
+    agent = node_agent([NodeTemplate("doomed-node", ON_DEMAND)])
+    api.create(PODS, python_pod("aboard", SIGTERM_LOGGER), ns)
+    wait_for(lambda: "waiting" in agent.logs(ns, "aboard"), 60, "the pod to run")
+    spot.delete_node(api, "doomed-node")
+    wait_for(lambda: [h for h in agent.history if h["name"] == "aboard"], 30, "SIGTERM to the pod")
+    assert [h["exitCode"] for h in agent.history if h["name"] == "aboard"] == [75]
+    # Nobody reports for a machine that is gone: pod GC, not the agent, ends the pod.
+    assert phase(api, ns, "aboard") == "Running"

@@ -55,10 +55,13 @@ def test_two_workers_on_two_nodes_survive_a_preemption_without_losing_steps(
         assert status["phase"] == "Succeeded", status
         assert (status["recoveries"], status["errorRetries"], status["lostSteps"]) == (1, 0, 0)
         assert status["attempt"] == 2 and status["adapter"]["sha256"]
-        # The evicted worker passed its notice to the head: both stopped with 75 after the
-        # same step; the head of attempt 2 finished the job.
+        # The evicted worker passed its notice to the head, which checkpointed and stopped
+        # with 75 (no step lost, above); the head of attempt 2 finished the job. The worker
+        # itself exits 75 once the head is gone, or is killed (137) if its grace period
+        # ran out first on a loaded machine: it never fails as user code would.
         runs = [(h["name"], h["exitCode"]) for h in agent.history if h["name"].startswith("duo-")]
-        assert ("duo-worker-1", 75) in runs and ("duo-head", 75) in runs, runs
-        assert runs.count(("duo-head", 0)) == 1, runs
+        assert ("duo-head", 75) in runs and runs.count(("duo-head", 0)) == 1, runs
+        worker_exits = [code for name, code in runs if name == "duo-worker-1"]
+        assert worker_exits and set(worker_exits) <= {75, 137}, runs
     finally:
         operator.stop()

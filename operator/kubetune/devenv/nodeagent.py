@@ -132,7 +132,10 @@ class NodeAgent:
                 self._last_lease = time.monotonic()
                 for node in list(self.nodes.values()):
                     if not node.gone:
-                        self._renew_lease(node)
+                        try:
+                            self._renew_lease(node)
+                        except ApiError:  # one node's trouble must not stall the others
+                            log.exception("lease of node %s not renewed", node.template.name)
             self.hosts.refresh()
             for node in list(self.nodes.values()):
                 if not node.gone:
@@ -143,7 +146,13 @@ class NodeAgent:
                 self._reap(running)
 
     def _renew_lease(self, node: AgentNode) -> None:
+        """Renew the node's Lease (owned by its Node, as the kubelet's is, so it goes with
+        it); a Node that no longer exists is a machine gone."""
         name = node.template.name
+        current = node.api.get_path(f"/api/v1/nodes/{name}")
+        if current is None:
+            self._node_gone(node)
+            return
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
         spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": micro_now()}
         try:
@@ -151,11 +160,10 @@ class NodeAgent:
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            if node.api.get_path(f"/api/v1/nodes/{name}") is None:
-                self._node_gone(node)
-                return
+            owner = {"apiVersion": "v1", "kind": "Node", "name": name,
+                     "uid": current["metadata"]["uid"]}
             node.api.request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-                             {"metadata": {"name": name}, "spec": spec})
+                             {"metadata": {"name": name, "ownerReferences": [owner]}, "spec": spec})
 
     def _sync_node(self, node: AgentNode) -> None:
         name = node.template.name

@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("SIGTERM: asking the head to checkpoint and stop the job")
     if ask_head_to_stop(args.stop_url, os.environ.get("RAY_AUTH_TOKEN", "")):
         wait_for_head_to_go(node, args.stop_url.rsplit("/", 1)[0] + "/progress", args.wait_seconds)
-    if node.poll() is None:
+        # The head's own exit ends the Ray cluster; a moment for this node to see it.
+    if node.poll() is None:  # what is left of the grace period is short: do not drain
         node.terminate()
         try:
-            node.wait(timeout=10)
+            node.wait(timeout=3)
         except subprocess.TimeoutExpired:
             node.kill()
     return EXIT_PREEMPTED
