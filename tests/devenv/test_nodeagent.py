@@ -120,30 +120,38 @@ SIGTERM_LOGGER = ("import signal, sys, time\n"
                   "time.sleep(300)\n")
 
 
+def start_sigterm_logger(api, ns: str, node_agent, node: str, name: str):
+    """A node with one pod that exits 75 on SIGTERM, running and past its handler set-up."""
+    agent = node_agent([NodeTemplate(node, ON_DEMAND)])
+    api.create(PODS, python_pod(name, SIGTERM_LOGGER), ns)
+    wait_for(lambda: "waiting" in agent.logs(ns, name), 60, f"{name} to run")
+    return agent
+
+
+def exits(agent, name: str) -> list[int]:
+    return [h["exitCode"] for h in agent.history if h["name"] == name]
+
+
 def test_eviction_sets_disruption_target_and_the_container_gets_sigterm(
         kube_cluster, kube_namespace, node_agent):
     api, ns = kube_cluster.api, kube_namespace
-    agent = node_agent([NodeTemplate("evict-node", ON_DEMAND)])
-    api.create(PODS, python_pod("victim", SIGTERM_LOGGER), ns)
-    wait_for(lambda: "waiting" in agent.logs(ns, "victim"), 60, "the pod to run")
+    agent = start_sigterm_logger(api, ns, node_agent, "evict-node", "victim")
     spot.evict(api, ns, "victim")
     disrupted = wait_for(lambda: next((c for c in (pod(api, ns, "victim") or {}).get("status", {})
                                        .get("conditions", []) if c["type"] == "DisruptionTarget"),
                                       None), 30, "DisruptionTarget")
     assert disrupted["reason"] == "EvictionByEvictionAPI"
     wait_for(lambda: pod(api, ns, "victim") is None, 60, "the pod to be deleted")
-    assert [h["exitCode"] for h in agent.history if h["name"] == "victim"] == [75]
+    assert exits(agent, "victim") == [75]
 
 
 def test_no_execute_taint_evicts_through_the_controller_manager(kube_cluster, kube_namespace,
                                                                  node_agent):
     api, ns = kube_cluster.api, kube_namespace
-    agent = node_agent([NodeTemplate("taint-node", ON_DEMAND)])
-    api.create(PODS, python_pod("tainted", SIGTERM_LOGGER), ns)
-    wait_for(lambda: "waiting" in agent.logs(ns, "tainted"), 60, "the pod to run")
+    agent = start_sigterm_logger(api, ns, node_agent, "taint-node", "tainted")
     spot.taint_no_execute(api, "taint-node")
     wait_for(lambda: pod(api, ns, "tainted") is None, 60, "taint eviction to delete the pod")
-    assert [h["exitCode"] for h in agent.history if h["name"] == "tainted"] == [75]
+    assert exits(agent, "tainted") == [75]
 
 
 def test_deletion_sigkills_after_the_grace_period(kube_cluster, kube_namespace, node_agent):
@@ -157,7 +165,7 @@ def test_deletion_sigkills_after_the_grace_period(kube_cluster, kube_namespace, 
     api.delete(PODS, "stubborn", ns)
     wait_for(lambda: pod(api, ns, "stubborn") is None, 30, "the pod to be gone")
     assert 2 <= time.monotonic() - started < 10
-    assert [h["exitCode"] for h in agent.history if h["name"] == "stubborn"] == [137]
+    assert exits(agent, "stubborn") == [137]
 
 
 def test_unschedulable_pod_stays_pending_with_the_schedulers_reason(kube_cluster, kube_namespace,
@@ -216,11 +224,9 @@ def test_a_volume_over_the_checkout_leaves_the_image_visible(kube_cluster, kube_
 def test_a_deleted_node_is_a_machine_gone_its_pods_get_sigterm(kube_cluster, kube_namespace,
                                                                 node_agent):
     api, ns = kube_cluster.api, kube_namespace
-    agent = node_agent([NodeTemplate("doomed-node", ON_DEMAND)])
-    api.create(PODS, python_pod("aboard", SIGTERM_LOGGER), ns)
-    wait_for(lambda: "waiting" in agent.logs(ns, "aboard"), 60, "the pod to run")
+    agent = start_sigterm_logger(api, ns, node_agent, "doomed-node", "aboard")
     spot.delete_node(api, "doomed-node")
-    wait_for(lambda: [h for h in agent.history if h["name"] == "aboard"], 30, "SIGTERM to the pod")
-    assert [h["exitCode"] for h in agent.history if h["name"] == "aboard"] == [75]
+    wait_for(lambda: exits(agent, "aboard"), 30, "SIGTERM to the pod")
+    assert exits(agent, "aboard") == [75]
     # Nobody reports for a machine that is gone: pod GC, not the agent, ends the pod.
     assert phase(api, ns, "aboard") == "Running"
