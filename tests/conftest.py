@@ -64,15 +64,17 @@ def kube_namespace(kube_cluster, request) -> str:
 
 @pytest.fixture
 def node_agent(kube_cluster, tmp_path):
-    """Start a node agent with `node_agent([NodeTemplate(...)], extra_env={...})`; it and
-    its Nodes are removed when the test ends (so the next test's pods cannot land there)."""
+    """Start a node agent with `node_agent([NodeTemplate(...)], extra_env={...},
+    image_environments={image prefix: virtualenv})`; it and its Nodes are removed when the
+    test ends (so the next test's pods cannot land there)."""
     from kubetune.devenv.nodeagent import NodeAgent
 
     agents = []
 
-    def start(nodes, extra_env=None):
+    def start(nodes, extra_env=None, image_environments=None):
         agent = NodeAgent(kube_cluster.control_plane, kube_cluster.network,
-                          tmp_path / f"nodes-{len(agents)}", nodes, extra_env=extra_env)
+                          tmp_path / f"nodes-{len(agents)}", nodes, extra_env=extra_env,
+                          image_environments=image_environments)
         agents.append(agent.start())
         return agent
 

@@ -3,7 +3,10 @@ for `kubectl logs`: `GET /containerLogs/<namespace>/<pod>/<container>`.
 
 Served with aiohttp on the node's InternalIP with a certificate from the cluster CA; it
 requires a client certificate from that CA (the API server's kubelet client identity).
-`follow`, `tailLines` and `limitBytes` behave as the kubelet's do. exec, attach and
+The API server has already picked the container (the only one, or the one `-c` or
+kubectl's default-container choice named) and checked that the pod has it; init
+containers' and sidecars' logs are served the same way. `follow`, `tailLines` and
+`limitBytes` behave as the kubelet's do. exec, attach and
 port-forward need a container runtime's streaming and are not offered.
 """
 
@@ -20,16 +23,16 @@ from aiohttp import web
 from .pki import CertificateAuthority
 from .s3 import free_port
 
-LogLookup = Callable[[str, str], "Path | None"]
+LogLookup = Callable[[str, str, str], "Path | None"]  # namespace, pod, container
 
 
 class KubeletServer:
     def __init__(self, ca: CertificateAuthority, address: str, lookup: LogLookup,
-                 is_running: Callable[[str, str], bool] | None = None):
+                 is_running: Callable[[str, str, str], bool] | None = None):
         self.address = address
         self.port = free_port(address)
         self.lookup = lookup
-        self.is_running = is_running or (lambda namespace, name: False)
+        self.is_running = is_running or (lambda namespace, name, container: False)
         pair = ca.issue(f"kubelet-{address}-{self.port}", f"system:node:{address}",
                         ("system:nodes",), hosts=(address,), server=True, client=False)
         self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
@@ -77,9 +80,11 @@ class KubeletServer:
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         namespace, pod = request.match_info["namespace"], request.match_info["pod"]
-        path = self.lookup(namespace, pod)
+        container = request.match_info["container"]
+        path = self.lookup(namespace, pod, container)
         if path is None:
-            raise web.HTTPNotFound(text=f"no logs for pod {namespace}/{pod} on this node")
+            raise web.HTTPNotFound(text=f"no logs for container {container} of pod {namespace}/{pod} "
+                                        "on this node")
         data = path.read_bytes()
         tail = request.query.get("tailLines")
         if tail is not None:
@@ -93,7 +98,8 @@ class KubeletServer:
         await response.write(data)
         if request.query.get("follow") in ("true", "1"):
             offset = path.stat().st_size
-            while self.is_running(namespace, pod):
+            while True:
+                running = self.is_running(namespace, pod, container)
                 await asyncio.sleep(0.3)
                 size = path.stat().st_size
                 if size > offset:
@@ -101,5 +107,7 @@ class KubeletServer:
                         log.seek(offset)
                         await response.write(log.read(size - offset))
                     offset = size
+                if not running:  # what it wrote before it exited has been sent
+                    break
         await response.write_eof()
         return response

@@ -2,12 +2,16 @@
 
 It registers Nodes (capacity including `nvidia.com/gpu`, the labels a spot cloud sets),
 renews their Leases, and runs the pods the real scheduler binds to them as local
-processes, each in its own network and mount namespace (`podnet`, `podexec`). It reports
-pod status as the kubelet does (phase, IPs, conditions merged by type, container states,
-termination messages), runs HTTP readiness probes, serves `/containerLogs` so `kubectl
-logs` works through the API server, and stops pods on deletion with SIGTERM, then SIGKILL
-after the grace period, before deleting them for good. A deleted Node is a machine gone:
-its pods get SIGTERM and the agent stops speaking for it (pod GC cleans up).
+processes: the whole pod, as the kubelet runs it (`podlifecycle`): init containers in
+order, native sidecars, then every regular container, all in the pod's network namespace
+and each in a mount namespace of its own (`podnet`, `podexec`), with images mapped to
+local virtualenvs (`podimages`). It reports pod status as the kubelet does (phase, IPs,
+conditions merged by type, init and regular container states, restart counts,
+termination messages; `podcontainers`), runs HTTP readiness probes per container, serves
+`/containerLogs` so `kubectl logs [-c]` works through the API server, and stops pods on
+deletion with SIGTERM (regular containers first, sidecars after), then SIGKILL after the
+grace period, before deleting them for good. A deleted Node is a machine gone: its pods
+get SIGTERM and the agent stops speaking for it (pod GC cleans up).
 
 Each Node talks to the API server as `system:node:<name>`, so the Node authorizer and
 NodeRestriction admission apply to it as to a kubelet. Services' names resolve through
@@ -16,11 +20,11 @@ each pod's /etc/hosts, rewritten from EndpointSlices (there is no CoreDNS here).
 
 from __future__ import annotations
 
+import json
 import logging
-import signal
 import threading
 import time
-import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +32,15 @@ from .controlplane import ControlPlane, Identity
 from .kubeapi import ApiError, KubeHttp
 from .kubeletserver import KubeletServer
 from .nodetemplate import NodeTemplate, micro_now
+from .podcontainers import ContainerRun, PodProcess, pod_status
+from .podimages import ImageEnvironments
+from .podlifecycle import PodLifecycle
 from .podnet import PodNetwork
-from .podruntime import PodMaterialiser, PodProcess, delete_pod, now
-
-__all__ = ["NodeAgent", "NodeTemplate"]
+from .podruntime import PodMaterialiser, delete_pod
 from .processes import stop_child
 from .servicehosts import ServiceHosts
+
+__all__ = ["NodeAgent", "NodeTemplate"]
 
 log = logging.getLogger("kubetune.devenv.nodeagent")
 LEASE_SECONDS = 40
@@ -48,19 +55,25 @@ class AgentNode:
 
 
 class NodeAgent:
-    """`with NodeAgent(cp, network, workdir, nodes) as agent:` runs in a thread."""
+    """`with NodeAgent(cp, network, workdir, nodes) as agent:` runs in a thread.
+
+    `image_environments` maps image reference prefixes to virtualenv folders (longest
+    prefix wins); images it does not match run with the project's virtualenv."""
 
     def __init__(self, control_plane: ControlPlane, network: PodNetwork, workdir: Path,
                  nodes: list[NodeTemplate], extra_env: dict[str, str] | None = None,
-                 poll_seconds: float = 0.3):
+                 poll_seconds: float = 0.3, image_environments: Mapping[str, Path] | None = None):
         self.cp = control_plane
         self.network = network
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
         self.poll_seconds = poll_seconds
+        self.images = ImageEnvironments(image_environments)
+        self.lifecycle = PodLifecycle(self._launch)
         self.nodes: dict[str, AgentNode] = {}
         self.running: dict[tuple[str, str], PodProcess] = {}
-        self.history: list[dict] = []  # ended containers: namespace, name, node, exitCode, ...
+        # Regular containers of ended pods: namespace, name, uid, node, container, exitCode.
+        self.history: list[dict] = []
         self._templates = list(nodes)
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -71,7 +84,7 @@ class NodeAgent:
     def start(self) -> NodeAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server = KubeletServer(self.cp.ca, self.network.gateway, self.log_path,
-                                    lambda ns, name: (ns, name) in self.running).start()
+                                    self._container_running).start()
         self.hosts = ServiceHosts(self.cp.client(Identity("system:kubetune-dns")),
                                   (self.cp.address, self.cp.port))
         for template in self._templates:
@@ -87,8 +100,8 @@ class NodeAgent:
             self._thread.join(timeout=15)
         with self._lock:
             for running in list(self.running.values()):
-                if running.process:
-                    stop_child(running.process, grace=0.01)
+                for run in running.running():
+                    stop_child(run.process, grace=0.01)
                 self._materialiser(running.node).release(running)
             self.running.clear()
             if delete_nodes:
@@ -142,8 +155,11 @@ class NodeAgent:
                     self._sync_node(node)
             for running in list(self.running.values()):
                 self.network.write_hosts(running.address, self.hosts.for_namespace(running.namespace))
-                self._probe(running)
-                self._reap(running)
+                self.lifecycle.step(running)
+                if running.ended():
+                    self._finish(running)
+                elif not self.nodes[running.node].gone:
+                    self._report(running)
 
     def _renew_lease(self, node: AgentNode) -> None:
         """Renew the node's Lease (owned by its Node, as the kubelet's is, so it goes with
@@ -183,7 +199,7 @@ class NodeAgent:
             seen.add(key)
             running = self.running.get(key)
             if running and running.uid != meta["uid"]:
-                self._terminate(running, grace=0)  # same name, new pod: the old one is gone
+                self.lifecycle.terminate(running, grace=0)  # same name, new pod: the old one is gone
                 continue
             if running is None:
                 if self._startable(pod):
@@ -191,9 +207,10 @@ class NodeAgent:
                 elif meta.get("deletionTimestamp"):  # nothing runs: it can go at once
                     delete_pod(node.api, meta["namespace"], meta["name"], meta["uid"])
                 continue
+            running.body = pod
             if meta.get("deletionTimestamp"):
                 grace = meta.get("deletionGracePeriodSeconds")
-                self._terminate(running, None if grace is None else int(grace))
+                self.lifecycle.terminate(running, None if grace is None else int(grace))
             elif running.config_volumes:
                 cms = configmaps.setdefault(running.namespace, {})
                 for cm_name in running.config_volumes:
@@ -203,7 +220,7 @@ class NodeAgent:
                 self._materialiser(name).refresh_config_volumes(running, cms)
         for key, running in list(self.running.items()):
             if running.node == name and key not in seen:
-                self._terminate(running, grace=0)
+                self.lifecycle.terminate(running, grace=0)
 
     @staticmethod
     def _startable(pod: dict) -> bool:
@@ -216,56 +233,31 @@ class NodeAgent:
         node.gone = True
         for running in self.running.values():
             if running.node == node.template.name:
-                self._terminate(running)
+                self.lifecycle.terminate(running)
 
     def _materialiser(self, node_name: str) -> PodMaterialiser:
         return PodMaterialiser(self.nodes[node_name].api, self.network, self.workdir,
-                               self.extra_env, (self.cp.address, self.cp.port))
+                               self.extra_env, (self.cp.address, self.cp.port), self.images)
 
     # pods ------------------------------------------------------------------------------
     def _start_pod(self, node: AgentNode, pod: dict) -> None:
-        materialiser = self._materialiser(node.template.name)
-        meta = pod["metadata"]
-        running = materialiser.prepare(pod, node.template.name, self.hosts.for_namespace(meta["namespace"]))
+        """The sandbox (namespace, address) now; containers as `podlifecycle` allows."""
+        running = self._materialiser(node.template.name).prepare(
+            pod, node.template.name, self.hosts.for_namespace(pod["metadata"]["namespace"]))
         self.running[running.key] = running
-        try:
-            materialiser.launch(pod, running)
-        except Exception as exc:  # a missing Secret or ConfigMap: the pod stays Pending
-            log.warning("cannot start %s/%s: %s", meta["namespace"], meta["name"], exc)
-            del self.running[running.key]
-            materialiser.release(running)
-            self._patch_status(node.api, running, {"containerStatuses": [{
-                "name": running.container["name"], "ready": False, "restartCount": 0,
-                "image": running.container.get("image", ""), "imageID": "",
-                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
-            return
-        running.ready = "readinessProbe" not in running.container
-        self._report_running(running)
+        self.lifecycle.step(running)
+        self._report(running)
 
-    def _report_running(self, running: PodProcess) -> None:
-        stamp = now()
-        ready = "True" if running.ready else "False"
-        self._patch_status(self.nodes[running.node].api, running, {
-            "phase": "Running",
-            "podIP": running.address.ip, "podIPs": [{"ip": running.address.ip}],
-            "hostIP": self.network.gateway, "hostIPs": [{"ip": self.network.gateway}],
-            "startTime": running.started_at,
-            "conditions": [
-                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": stamp},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
-                {"type": "ContainersReady", "status": ready, "lastTransitionTime": stamp},
-                {"type": "Ready", "status": ready, "lastTransitionTime": stamp},
-            ],
-            "containerStatuses": [self._container_status(running, {"running": {"startedAt": running.started_at}})],
-        })
+    def _launch(self, running: PodProcess, run: ContainerRun) -> None:
+        self._materialiser(running.node).launch(running.body, running, run)
 
-    @staticmethod
-    def _container_status(running: PodProcess, state: dict) -> dict:
-        return {"name": running.container["name"], "ready": running.ready and "running" in state,
-                "started": "running" in state, "restartCount": running.restart_count,
-                "image": running.container.get("image", ""), "imageID": "",
-                "containerID": f"kubetune://{running.uid[:8]}-{running.restart_count}",
-                "state": state}
+    def _report(self, running: PodProcess, final: bool = False) -> None:
+        """Post the pod's status when it differs from the one posted last."""
+        status = pod_status(running, self.network.gateway, final)
+        text = json.dumps(status, sort_keys=True)
+        if text != running.reported:
+            self._patch_status(self.nodes[running.node].api, running, status)
+            running.reported = text
 
     def _patch_status(self, api: KubeHttp, running: PodProcess, status: dict) -> None:
         path = f"/api/v1/namespaces/{running.namespace}/pods/{running.name}/status"
@@ -277,104 +269,45 @@ class NodeAgent:
                 raise
             log.info("status of %s/%s not written: %s", running.namespace, running.name, exc)
 
-    def _probe(self, running: PodProcess) -> None:
-        probe = running.container.get("readinessProbe")
-        if not probe or running.process is None or running.process.poll() is not None:
-            return
-        if time.monotonic() < running.next_probe:
-            return
-        running.next_probe = time.monotonic() + float(probe.get("periodSeconds", 10))
-        get = probe.get("httpGet") or {}
-        port = get.get("port")
-        if isinstance(port, str) and not port.isdigit():  # a named container port
-            port = next((p["containerPort"] for p in running.container.get("ports", [])
-                         if p.get("name") == port), port)
-        url = f"http://{running.address.ip}:{port}{get.get('path', '/')}"
-        try:
-            with urllib.request.urlopen(url, timeout=float(probe.get("timeoutSeconds", 1))) as answer:
-                ok = 200 <= answer.status < 400
-        except (OSError, ValueError):  # refused, timed out, or a port name the pod lacks
-            ok = False
-        running.probe_failures = 0 if ok else running.probe_failures + 1
-        ready = ok or (running.ready and running.probe_failures < int(probe.get("failureThreshold", 3)))
-        if ready != running.ready:
-            running.ready = ready
-            self._report_running(running)
-
-    def _terminate(self, running: PodProcess, grace: int | None = None) -> None:
-        """SIGTERM now, SIGKILL to the whole process group once the grace period ends."""
-        if running.kill_deadline is not None or running.process is None:
-            return
-        grace = running.grace_seconds if grace is None else grace
-        running.kill_deadline = time.monotonic() + grace
-        try:
-            if grace > 0:
-                running.process.send_signal(signal.SIGTERM)
-            else:
-                stop_child(running.process, grace=0.01)
-        except ProcessLookupError:
-            pass
-
-    def _reap(self, running: PodProcess) -> None:
-        process = running.process
-        if running.kill_deadline is not None and time.monotonic() > running.kill_deadline:
-            stop_child(process, grace=0.01)
-        code = process.poll()
-        if code is None:
-            return
-        stop_child(process, grace=0.01)  # leftovers of the container die with it
-        exit_code = code if code >= 0 else 128 - code
-        node = self.nodes[running.node]
-        deleting = running.kill_deadline is not None
-        restart = not deleting and (running.restart_policy == "Always" or
-                                    (running.restart_policy == "OnFailure" and exit_code != 0))
-        if restart and not node.gone:
-            # CrashLoopBackOff as the kubelet does it: 10 s, doubling, at most 5 min.
-            if running.restart_at is None:
-                running.restart_at = time.monotonic() + min(300, 10 * 2 ** running.restart_count)
-                log.info("%s/%s exited %d: restart in %.0f s", running.namespace, running.name,
-                         exit_code, running.restart_at - time.monotonic())
-            if time.monotonic() < running.restart_at:
-                return
-            running.restart_at = None
-            running.restart_count += 1
-            self._relaunch(node, running)
-            self._report_running(running)
-            return
+    def _finish(self, running: PodProcess) -> None:
+        """Every container has stopped: free the sandbox, post the terminal status, and
+        remove a deleted pod for good."""
         del self.running[running.key]
         self._materialiser(running.node).release(running)
-        log.info("pod %s/%s exited with %d", running.namespace, running.name, exit_code)
-        self.history.append({"namespace": running.namespace, "name": running.name, "uid": running.uid,
-                             "node": running.node, "exitCode": exit_code, "finishedAt": now()})
+        for run in running.containers:
+            if run.last:
+                self.history.append({"namespace": running.namespace, "name": running.name,
+                                     "uid": running.uid, "node": running.node, "container": run.name,
+                                     "exitCode": run.last["exitCode"], "finishedAt": run.last["finishedAt"]})
+        node = self.nodes[running.node]
+        log.info("pod %s/%s ended", running.namespace, running.name)
         if node.gone:
             return
-        stamp = now()
-        reason = "PodCompleted" if exit_code == 0 else "PodFailed"
-        self._patch_status(node.api, running, {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": [{"type": kind, "status": "False", "reason": reason, "lastTransitionTime": stamp}
-                           for kind in ("ContainersReady", "Ready")],
-            "containerStatuses": [self._container_status(running, {"terminated": {
-                "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                "message": running.termination_message(exit_code),
-                "startedAt": running.started_at, "finishedAt": stamp,
-                "containerID": f"kubetune://{running.uid[:8]}-{running.restart_count}"}})],
-        })
-        if deleting:
+        self._report(running, final=True)
+        if running.deleting:
             delete_pod(node.api, running.namespace, running.name, running.uid)
 
-    def _relaunch(self, node: AgentNode, running: PodProcess) -> None:
-        pod = node.api.get_path(f"/api/v1/namespaces/{running.namespace}/pods/{running.name}")
-        if pod is not None:
-            self._materialiser(running.node).launch(pod, running)
-
     # logs ------------------------------------------------------------------------------
-    def log_path(self, namespace: str, name: str) -> Path | None:
-        """The newest container log of a pod that ran here (for /containerLogs)."""
-        matches = sorted(self.workdir.glob(f"{namespace}_{name}_*/container.log"),
+    def log_path(self, namespace: str, name: str, container: str | None = None) -> Path | None:
+        """The log of a container (default: the first regular one) of the newest pod of
+        that name that ran here (for /containerLogs)."""
+        folders = sorted(self.workdir.glob(f"{namespace}_{name}_*/containers.json"),
                          key=lambda p: p.stat().st_mtime)
-        return matches[-1] if matches else None
+        if not folders:
+            return None
+        folder = folders[-1].parent
+        if container is None:
+            names = json.loads(folders[-1].read_text())["containers"]
+            container = names[0] if names else ""
+        path = folder / "logs" / f"{container}.log"
+        return path if container and path.exists() else None
 
-    def logs(self, namespace: str, name: str) -> str:
-        path = self.log_path(namespace, name)
+    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+        path = self.log_path(namespace, name, container)
         return path.read_text(errors="replace") if path else ""
+
+    def _container_running(self, namespace: str, name: str, container: str) -> bool:
+        """`kubectl logs -f` follows one run of a container, as the kubelet's does."""
+        running = self.running.get((namespace, name))
+        run = running.container(container) if running else None
+        return bool(run and run.process is not None)

@@ -9,9 +9,10 @@ Mount points that do not exist on the host are created empty, as a container run
 creates them in an image's filesystem.
 
 Every source is opened before the first bind, so a volume at `/tmp` cannot hide the
-sources of the ones after it. The "image" here is the project's checkout and its
-virtualenv: where a volume hides one of them (a checkout under /tmp), it is bound back
-at its own path, as an image's files stay visible beside its volumes.
+sources of the ones after it. The "image" here is a virtualenv (the project's, with its
+checkout, or the one `podimages` maps the container's image to) and what it links to:
+where a volume hides one of those paths (a checkout under /tmp), it is bound back at its
+own path, as an image's files stay visible beside its volumes.
 """
 
 from __future__ import annotations

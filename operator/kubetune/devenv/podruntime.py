@@ -1,9 +1,10 @@
-"""What the node agent does for one pod: materialise its volumes, resolve its env,
-give it a network namespace and run its container as a local process.
+"""What the node agent does for one pod: give it a network namespace, materialise the
+volumes each container mounts, resolve each container's env and run it as a local process.
 
-Images map to local environments: every kubetune image (operator, trainer, server) runs
-with this project's virtualenv, so `python` in a command is that interpreter. Volumes
-are bound at their declared mount paths inside the pod's mount namespace (`podexec`).
+Every container of a pod shares the pod's network namespace (one IP; 127.0.0.1 reaches
+its neighbours) and gets a mount namespace of its own with its own volumeMounts bound at
+their paths (`podexec`). An emptyDir is one folder of the pod's, so every container that
+mounts it sees the same files. Images map to local virtualenvs (`podimages`).
 """
 
 from __future__ import annotations
@@ -11,30 +12,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .kubeapi import ApiError, KubeHttp
-from .podnet import PodAddress, PodNetwork
+from .podcontainers import INIT, REGULAR, SIDECAR, ContainerRun, PodProcess, now
+from .podimages import ImageEnvironments
+from .podnet import PodNetwork
 from .processes import start_child
 
+__all__ = ["PodMaterialiser", "PodProcess", "delete_pod", "expand_env_refs", "now"]
 log = logging.getLogger("kubetune.devenv.podruntime")
 TERMINATION_LOG = "/dev/termination-log"
-REPO = Path(__file__).resolve().parents[3]
-# What "the image" holds here: the checkout and the interpreter's installation.
-IMAGE_PATHS = sorted({str(REPO), sys.prefix, sys.base_prefix})
-FALLBACK_LOG_LINES = 80
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expand_env_refs(value: str, env: dict[str, str]) -> str:
@@ -48,122 +40,77 @@ def expand_env_refs(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", replace, value)
 
 
-def local_executable(argv: list[str]) -> list[str]:
-    """`python` means this virtualenv's interpreter; other names are looked up in it first."""
-    if not argv:
-        raise RuntimeError("container has no command (images carry no entrypoint here)")
-    name = Path(argv[0]).name
-    if name in ("python", "python3"):
-        return [sys.executable, *argv[1:]]
-    local = Path(sys.executable).parent / name
-    return [str(local) if local.exists() else (shutil.which(name) or argv[0]), *argv[1:]]
-
-
-@dataclass
-class PodProcess:
-    """A pod this agent runs: its container process and what it needs to report."""
-
-    namespace: str
-    name: str
-    uid: str
-    node: str
-    folder: Path
-    address: PodAddress
-    container: dict
-    restart_policy: str
-    grace_seconds: int
-    process: subprocess.Popen | None = None
-    started_at: str = ""
-    restart_count: int = 0
-    kill_deadline: float | None = None
-    ready: bool = False
-    probe_failures: int = 0
-    next_probe: float = 0.0
-    restart_at: float | None = None  # when a crashed container is started again
-    config_volumes: dict[str, Path] = field(default_factory=dict)  # ConfigMap name -> folder
-    launch_file: Path | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.namespace, self.name
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / "container.log"
-
-    @property
-    def termination_log(self) -> Path:
-        return self.folder / "termination-log"
-
-    def termination_message(self, exit_code: int) -> str:
-        """The file's content; with FallbackToLogsOnError, the log's tail on a failure."""
-        text = self.termination_log.read_text(errors="replace")[-4096:] if self.termination_log.exists() else ""
-        if not text and exit_code != 0 and \
-                self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            lines = self.log_file.read_text(errors="replace").splitlines()[-FALLBACK_LOG_LINES:]
-            text = "\n".join(lines)[-2048:]
-        return text
-
-
 class PodMaterialiser:
     """Turns a Pod object into a runnable PodProcess (volumes, env, network)."""
 
     def __init__(self, api: KubeHttp, network: PodNetwork, workdir: Path, extra_env: dict[str, str],
-                 apiserver: tuple[str, int]):
+                 apiserver: tuple[str, int], images: ImageEnvironments | None = None):
         self.api = api
         self.network = network
         self.workdir = workdir
         self.extra_env = extra_env
         self.apiserver = apiserver
+        self.images = images or ImageEnvironments()
 
     def prepare(self, pod: dict, node: str, hosts: str) -> PodProcess:
+        """The pod's folder and network namespace (its sandbox), and a ContainerRun for
+        each init container, sidecar and regular container; nothing runs yet."""
         meta, spec = pod["metadata"], pod["spec"]
         folder = self.workdir / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        container = spec["containers"][0]
+        for part in ("logs", "termination", "launch"):
+            (folder / part).mkdir(parents=True, exist_ok=True)
+        policy = spec.get("restartPolicy", "Always")
+        init = [ContainerRun(c, SIDECAR if c.get("restartPolicy") == "Always" else INIT, folder, policy)
+                for c in spec.get("initContainers") or []]
+        regular = [ContainerRun(c, REGULAR, folder, policy) for c in spec["containers"]]
+        # Which container `kubectl logs` without -c means, even after the pod is gone.
+        (folder / "containers.json").write_text(json.dumps(
+            {"init": [r.name for r in init], "containers": [r.name for r in regular]}))
         address = self.network.attach(meta["name"][:63], hosts)
         self.network.write_resolv(address, meta["namespace"])
         return PodProcess(
             namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], node=node,
-            folder=folder, address=address, container=container,
-            restart_policy=spec.get("restartPolicy", "Always"),
+            folder=folder, address=address, restart_policy=policy,
             grace_seconds=int(spec.get("terminationGracePeriodSeconds", 30)),
+            body=pod, init=init, containers=regular, started_at=now(),
         )
 
-    def launch(self, pod: dict, running: PodProcess) -> None:
-        """Write volumes and start (or restart) the container."""
-        mounts, running.config_volumes = self._volumes(pod, running)
-        running.termination_log.write_text("")
-        mounts.append({"source": str(running.termination_log),
-                       "target": running.container.get("terminationMessagePath", TERMINATION_LOG)})
-        env = self._environment(pod, running)
-        container = running.container
-        argv = local_executable([expand_env_refs(a, env) for a in
-                                 (container.get("command") or []) + (container.get("args") or [])])
+    def launch(self, pod: dict, running: PodProcess, run: ContainerRun) -> None:
+        """Write the container's volumes and start (or restart) it."""
+        container = run.spec
+        mounts, config_volumes = self._volumes(pod, running, container)
+        running.config_volumes.update(config_volumes)
+        run.termination_log.write_text("")
+        mounts.append({"source": str(run.termination_log),
+                       "target": container.get("terminationMessagePath", TERMINATION_LOG)})
+        image = self.images.for_image(container.get("image", ""))
+        env = self._environment(pod, running, container, image.path_variable())
+        argv = image.executable([expand_env_refs(a, env) for a in
+                                 (container.get("command") or []) + (container.get("args") or [])],
+                                env.get("PATH", ""))
         launch = {"mounts": mounts, "env": env, "argv": argv,
-                  "workingDir": container.get("workingDir") or "/", "imagePaths": IMAGE_PATHS,
+                  "workingDir": container.get("workingDir") or "/", "imagePaths": list(image.paths),
                   "hostname": running.address.hostname}
-        running.launch_file = running.folder / "launch.json"
-        running.launch_file.write_text(json.dumps(launch, indent=1))
-        running.process = start_child(
+        run.launch_file.write_text(json.dumps(launch, indent=1))
+        run.process = start_child(
             ["ip", "netns", "exec", running.address.netns, sys.executable, "-m",
-             "kubetune.devenv.podexec", str(running.launch_file)],
-            running.log_file, env=env, cwd=running.folder)
-        running.started_at = now()
-        running.kill_deadline = None
-        log.info("started %s/%s on %s at %s as pid %d", running.namespace, running.name,
-                 running.node, running.address.ip, running.process.pid)
+             "kubetune.devenv.podexec", str(run.launch_file)],
+            run.log_file, env=env, cwd=running.folder)
+        run.started_at = now()
+        log.info("started %s/%s container %s on %s at %s as pid %d", running.namespace, running.name,
+                 run.name, running.node, running.address.ip, run.process.pid)
 
     def release(self, running: PodProcess) -> None:
         self.network.detach(running.address)
 
     # volumes ---------------------------------------------------------------------------
-    def _volumes(self, pod: dict, running: PodProcess) -> tuple[list[dict], dict[str, Path]]:
+    def _volumes(self, pod: dict, running: PodProcess, container: dict) -> tuple[list[dict], dict[str, Path]]:
+        """The container's mounts; a volume is one folder of the pod's, whoever mounts it."""
         namespace = pod["metadata"]["namespace"]
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         mounts: list[dict] = []
         config_volumes: dict[str, Path] = {}
-        for mount in running.container.get("volumeMounts", []):
+        for mount in container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             local = running.folder / "volumes" / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
@@ -175,6 +122,8 @@ class PodMaterialiser:
             elif "projected" in volume:
                 self._write_projected(local, volume["projected"], pod)
             source = local / mount["subPath"] if mount.get("subPath") else local
+            if "emptyDir" in volume:
+                source.mkdir(parents=True, exist_ok=True)
             mounts.append({"source": str(source), "target": mount["mountPath"],
                            "readOnly": bool(mount.get("readOnly"))})
         return mounts, config_volumes
@@ -235,11 +184,11 @@ class PodMaterialiser:
             return (pod["metadata"].get("labels") or {}).get(path[len("metadata.labels['"):-2], "")
         return values.get(path, "")
 
-    def _environment(self, pod: dict, running: PodProcess) -> dict[str, str]:
+    def _environment(self, pod: dict, running: PodProcess, container: dict, path: str) -> dict[str, str]:
         namespace = pod["metadata"]["namespace"]
         host, port = self.apiserver
         env = {
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": path,
             "HOME": "/tmp",
             "HOSTNAME": running.name,
             "PYTHONUNBUFFERED": "1",
@@ -249,7 +198,7 @@ class PodMaterialiser:
             "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port),
             **self.extra_env,
         }
-        for item in running.container.get("env", []):
+        for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = expand_env_refs(str(item["value"]), env)
                 continue

@@ -42,3 +42,12 @@ def stop_child(process: subprocess.Popen, grace: float = 10) -> None:
         process.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of an exited child's process group, as a container runtime
+    ends a container's every process with it (Ray's daemons, a shell's children)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
