@@ -2,8 +2,9 @@
 # Set up everything the demo and the tests need on a fresh machine: a virtualenv with the
 # pinned dependencies (constraints.txt), the real kubectl and helm binaries in .tools/bin,
 # and the real control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler) built from Kubernetes' Go modules into .tools/. Idempotent: a second run
-# only checks.
+# kube-scheduler) built from Kubernetes' Go modules into .tools/, and vLLM's CPU build in
+# .venv-vllm (what "the vLLM image" runs here; torch shared with .venv). Idempotent: a
+# second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +28,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 quiet .venv/bin/python -m kubetune.devenv.tools install
 .venv/bin/python -m kubetune.devenv.cpbuild build
+.venv/bin/python -m kubetune.devenv.vllmenv build
