@@ -1,16 +1,20 @@
-"""Benchmark of the adapter server, measured side by side in one run.
+"""Benchmark of serving: vLLM (what ModelServe runs) against kubetune's former engine,
+measured side by side in one run on the same machine, model and adapters.
 
 Prints:
-  1. adapter cold load from S3 (download + verify + inject, as timed by the server) p50/p95
-     for three LoRA ranks, i.e. three adapter sizes;
-  2. switch cost between loaded adapters (in-process: one decoding step on the same adapter
-     every time vs alternating between two);
-  3. throughput of one server answering 1 adapter vs 20 adapters requested in turn (all
-     resident), and 20 in turn with maxAdaptersInMemory=8 (LRU reloads from disk), as ratios.
+  1. generated tokens/s with 16 concurrent requests over 8 adapters, vLLM vs the former
+     engine (one request decoded at a time under a global lock): the ratio to beat is 1;
+  2. vLLM with 16 concurrent requests on one adapter vs spread over 8 (mixed-adapter
+     batches vs single-adapter batches), and one request alone;
+  3. p50/p95 from an adapter-list change (the mounted ConfigMap file, written as the
+     kubelet writes it) to `Loaded` in kubetune's adapter agent, which downloads from S3,
+     verifies and loads through vLLM's runtime LoRA API;
+  4. vLLM's start time (process start to /health) and its resident memory here.
 
-Everything is real: a moto S3 server on loopback, the tiny Llama base, peft adapters, the
-server process started as the Deployment starts it, the official openai client.
-Run: .venv/bin/python bench/bench_serve.py [--requests 60]
+The former engine is taken from git at FORMER_ENGINE_REV (the last commit that had it)
+and run as its Deployment ran it. Everything is real: moto S3 on loopback, the tiny
+Llama base (float32 in both servers), peft adapters, the official openai client.
+Run: .venv/bin/python bench/bench_serve.py [--loads 20] [--tokens 32]
 """
 
 from __future__ import annotations
@@ -18,28 +22,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+FORMER_ENGINE_REV = "aa499fe068ccacf7180b3f6d0ec978215a1a754e"
 BUCKET = "bench"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PROMPT = "Reverse the word."
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+PROMPT = "Add the numbers. 3 and 4"
+ADAPTERS = 8
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def make_adapters(base_dir: Path, out: Path, rank: int, count: int, first_seed: int, base_uri: str):
-    """`count` distinct LoRA adapters of one rank, written as the trainer writes them."""
+def make_adapters(base_dir: Path, out: Path, base_uri: str, count: int) -> list[Path]:
     import torch
     from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files
     from peft import LoraConfig, get_peft_model
@@ -47,19 +51,13 @@ def make_adapters(base_dir: Path, out: Path, rank: int, count: int, first_seed: 
 
     made = []
     for i in range(count):
-        torch.manual_seed(first_seed + i)
+        torch.manual_seed(100 + i)
         model = AutoModelForCausalLM.from_pretrained(base_dir)
-        lora = LoraConfig(
-            r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False
-        )
-        directory = out / f"r{rank}-{i}"
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False)
+        directory = out / f"a{i}"
         get_peft_model(model, lora).save_pretrained(directory, safe_serialization=True)
-        manifest = Manifest(
-            kind="adapter",
-            files=describe_files(directory),
-            base_model={"uri": base_uri},
-            method={"type": "lora", "rank": rank, "alpha": 2 * rank, "targetModules": TARGETS},
-        )
+        manifest = Manifest(kind="adapter", files=describe_files(directory),
+                            base_model={"uri": base_uri}, method={"type": "lora", "rank": 8})
         (directory / MANIFEST_NAME).write_bytes(manifest.to_json())
         made.append(directory)
     return made
@@ -71,228 +69,225 @@ def upload(client, directory: Path, prefix: str) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-class Server:
-    def __init__(self, workdir: Path, env: dict, config: dict):
+def get_json(url: str, timeout: float = 10):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, None
+    except (OSError, ValueError):
+        return None, None
+
+
+def wait(predicate, what: str, process: subprocess.Popen, timeout: float = 600) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"{what}: the process exited ({process.returncode})")
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its descendants (vLLM runs an engine process)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def concurrent_tokens(base_url: str, models: list[str], requests: int, tokens: int) -> float:
+    """Generated tokens/s with `requests` in flight at once, models assigned in turn."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=600)
+    counts = [0] * requests
+
+    def one(i: int) -> None:
+        answer = client.completions.create(model=models[i % len(models)], prompt=PROMPT,
+                                           max_tokens=tokens, temperature=0)
+        counts[i] = answer.usage.completion_tokens
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def former_engine(workdir: Path, env: dict, config: dict, port: int) -> subprocess.Popen:
+    """kubetune's former server, from git, started as its Deployment started it."""
+    tree = workdir / "former"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", FORMER_ENGINE_REV, "workers"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    (workdir / "former.json").write_text(json.dumps(config))
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(tree / "workers"), str(REPO / "operator")])}
+    with open(workdir / "former.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kubetune.workers.serve", "--config", str(workdir / "former.json"),
+             "--host", "127.0.0.1", "--port", str(port), "--cache-dir", str(workdir / "cache")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+
+
+def vllm_server(workdir: Path, base_dir: Path, port: int, env: dict) -> subprocess.Popen:
+    from kubetune.devenv.vllmenv import VENV
+
+    with open(workdir / "vllm.log", "wb") as log:
+        return subprocess.Popen(
+            [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", str(base_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
+             "--port", str(port), "--enable-lora", "--max-loras", str(ADAPTERS),
+             "--max-lora-rank", "16", "--max-cpu-loras", str(2 * ADAPTERS),
+             "--max-model-len", "512", "--dtype", "float32"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+            env={**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"})
+
+
+class Agent:
+    """kubetune's adapter agent beside that vLLM, its config written as the kubelet does."""
+
+    def __init__(self, workdir: Path, base_dir: Path, vllm_port: int, env: dict, config: dict):
         from kubetune.devenv.s3 import free_port
 
-        self.config_path = workdir / "config.json"
-        self.write(config)
+        self.config_path = workdir / "agent" / "config.json"
+        self.config_path.parent.mkdir()
+        self.config = config
+        self.write()
         self.port = free_port()
-        with open(workdir / "server.log", "wb") as log:  # the child keeps its own handle
+        with open(workdir / "agent.log", "wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubetune.workers.serve",
-                    "--config",
-                    str(self.config_path),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--cache-dir",
-                    str(workdir / "cache"),
-                    "--threads",
-                    "1",
-                    "--poll-seconds",
-                    "0.5",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+                [sys.executable, "-m", "kubetune.workers.agent", "run",
+                 "--config", str(self.config_path), "--base-dir", str(base_dir),
+                 "--adapter-dir", str(workdir / "adapters"),
+                 "--vllm-url", f"http://127.0.0.1:{vllm_port}", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--poll-seconds", "0.2"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
 
-    def write(self, config: dict) -> None:
+    def write(self) -> None:
         staging = self.config_path.with_suffix(".tmp")
-        staging.write_text(json.dumps(config))
+        staging.write_text(json.dumps(self.config))
         os.replace(staging, self.config_path)
 
-    def get(self, path: str):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as error:
-            return error.code, None
-        except OSError:
-            return None, None
-
-    def wait(self, predicate, timeout=600.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit("server exited; see server.log")
-            if predicate():
-                return
-            time.sleep(0.2)
-        raise SystemExit("timed out")
-
-    def adapters(self) -> dict:
-        return {a["name"]: a for a in self.get("/v1/adapters")[1]["adapters"]}
-
-    def all_settled(self, names) -> bool:
-        status, body = self.get("/v1/adapters")
-        if status != 200:
-            return False
-        states = {a["name"]: a["state"] for a in body["adapters"]}
-        return all(states.get(n) in ("Loaded", "Failed") for n in names)
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def states(self) -> dict[str, str]:
+        status, body = get_json(f"http://127.0.0.1:{self.port}/v1/adapters")
+        return {a["name"]: a["state"] for a in (body or {}).get("adapters", [])} if status == 200 else {}
 
 
-def throughput(client, models: list[str], requests: int) -> tuple[float, float]:
-    """Completion tokens/s and requests/s, sequential, models taken in turn."""
-    tokens = 0
-    started = time.perf_counter()
-    for i in range(requests):
-        result = client.completions.create(
-            model=models[i % len(models)], prompt=PROMPT, max_tokens=16, temperature=0
-        )
-        tokens += result.usage.completion_tokens
-    elapsed = time.perf_counter() - started
-    return tokens / elapsed, requests / elapsed
-
-
-def switch_cost(base_dir: Path, adapters: list[Path], base_uri: str, steps: int) -> dict:
-    """In-process: the switch itself (this server's flag flip vs peft's set_adapter), and
-    a one-token forward on the same adapter vs alternating two (medians of 5 interleaved
-    trials, since other processes share the CPU)."""
-    import torch
-    from kubetune.workers.serve.basemodel import ModelLocation
-    from kubetune.workers.serve.config import BaseModelConfig
-    from kubetune.workers.serve.engine import ModelHost
-
-    torch.set_num_threads(1)
-    host = ModelHost.load(BaseModelConfig(uri=base_uri), ModelLocation(str(base_dir)))
-    a, b = (host.add_adapter(p) for p in adapters[:2])
-    ids = torch.tensor([host.encode_prompt(PROMPT)])
-
-    def per_call(action, sequence):
-        started = time.perf_counter()
-        for name in sequence:
-            action(name)
-        return (time.perf_counter() - started) / len(sequence)
-
-    def forward(name):
-        with torch.inference_mode():
-            host._forward_locked(name, ids, None)
-
-    trials = {"same": [], "alternating": [], "adapter_base": [], "flip": [], "peft": []}
-    for _ in range(5):
-        trials["same"].append(per_call(forward, [a] * steps))
-        trials["alternating"].append(per_call(forward, [a, b] * (steps // 2)))
-        trials["adapter_base"].append(per_call(forward, [a, None] * (steps // 2)))
-        trials["flip"].append(per_call(host._activate_locked, [a, b] * (steps // 2)))
-        host._active = object()
-        trials["peft"].append(per_call(host._peft.set_adapter, [a, b] * (steps // 2)))
-        host._active = object()
-    return {key: statistics.median(values) for key, values in trials.items()}
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--requests", type=int, default=60, help="requests per throughput case")
-    parser.add_argument("--per-rank", type=int, default=8, help="cold loads per rank")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loads", type=int, default=20, help="hot loads timed in part 3")
+    parser.add_argument("--tokens", type=int, default=32, help="max_tokens per request")
     args = parser.parse_args()
 
-    import openai
-    from kubetune.devenv.s3 import LoopbackS3
+    from kubetune.devenv.s3 import LoopbackS3, free_port
     from kubetune.devenv.tinymodel import tiny_model_dir
 
-    ranks = (8, 64, 256)
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     base_dir = tiny_model_dir()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     with LoopbackS3() as s3:
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
         base_uri = upload(client, base_dir, "models/tiny")
-        print(f"building adapters in {workdir} ...", flush=True)
-        uris: dict[int, list[str]] = {}
-        local: dict[int, list[Path]] = {}
-        for rank in ranks:
-            count = max(args.per_rank, 21) if rank == 8 else args.per_rank
-            local[rank] = make_adapters(
-                base_dir, workdir / "adapters", rank, count, rank * 1000, base_uri
-            )
-            uris[rank] = [upload(client, d, f"adapters/{d.name}") for d in local[rank]]
-        size = {r: sum(p.stat().st_size for p in local[r][0].iterdir()) for r in ranks}
+        print(f"building {ADAPTERS} rank-8 adapters in {workdir} ...", flush=True)
+        local = make_adapters(base_dir, workdir / "made", base_uri, ADAPTERS)
+        uris = [upload(client, d, f"adapters/{d.name}") for d in local]
+        names = [d.name for d in local]
+        env = {**env, **s3.env()}
+        entries = [{"name": n, "uri": u} for n, u in zip(names, uris)]
 
-        def entry(rank, i):
-            return {"name": f"r{rank}-{i}", "uri": uris[rank][i]}
-
-        warmup = entry(8, 20)  # the first load pays peft's one-off wrapping: not counted
-        config = {
-            "baseModel": {"uri": base_uri, "servedName": "tiny"},
-            "adapters": [warmup],
-            "maxAdaptersInMemory": 64,
-            "storage": {"endpoint": s3.endpoint},
-        }
-        env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        server = Server(workdir, env, config)
+        port = free_port()
+        former = former_engine(workdir, env, {
+            "baseModel": {"uri": base_uri, "servedName": "tiny"}, "adapters": entries,
+            "maxAdaptersInMemory": ADAPTERS, "storage": {"endpoint": s3.endpoint}}, port)
         try:
-            server.wait(lambda: server.get("/readyz")[0] == 200)
-            cold = {r: [entry(r, i) for i in range(args.per_rank)] for r in ranks}
-            names = [e["name"] for r in ranks for e in cold[r]]
-            config["adapters"] = [warmup] + [e for r in ranks for e in cold[r]]
-            server.write(config)
-            server.wait(lambda: server.all_settled(names))
-            views = server.adapters()
-            print("\n1. adapter cold load from S3 (download + sha256 verify + peft inject)")
-            print(f"   {'rank':>5} {'size':>10} {'p50':>9} {'p95':>9}  n")
-            for r in ranks:
-                seconds = [views[e["name"]]["loadSeconds"] for e in cold[r]]
-                print(
-                    f"   {r:>5} {size[r] / 1e6:>8.2f}MB {percentile(seconds, 50) * 1e3:>7.1f}ms "
-                    f"{percentile(seconds, 95) * 1e3:>7.1f}ms  {len(seconds)}"
-                )
-
-            twenty = [entry(8, i) for i in range(20)]
-            config["adapters"] = [warmup] + twenty
-            server.write(config)
-            server.wait(lambda: server.all_settled([e["name"] for e in twenty]))
-            api = openai.OpenAI(
-                base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0
-            )
-            throughput(api, ["r8-0"], 5)  # warm the connection and the code paths
-            one_tps, one_rps = throughput(api, ["r8-0"], args.requests)
-            many_tps, many_rps = throughput(api, [e["name"] for e in twenty], args.requests)
-            config["maxAdaptersInMemory"] = 8
-            server.write(config)
-            server.wait(lambda: sum(a["inMemory"] for a in server.adapters().values()) <= 8)
-            lru_tps, lru_rps = throughput(api, [e["name"] for e in twenty], args.requests)
+            def former_ready() -> bool:
+                status, body = get_json(f"http://127.0.0.1:{port}/v1/adapters")
+                return status == 200 and all(
+                    a["state"] == "Loaded" for a in body["adapters"]) and len(body["adapters"]) == ADAPTERS
+            wait(former_ready, "the former engine with its adapters", former)
+            url = f"http://127.0.0.1:{port}/v1"
+            concurrent_tokens(url, names, 2, 4)  # warm up
+            former_mixed = concurrent_tokens(url, names, 16, args.tokens)
         finally:
-            server.stop()
+            stop(former)
 
-    try:
-        cost = switch_cost(base_dir, local[8], base_uri, 200)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print("\n2. switch cost between loaded adapters (in-process, rank 8, medians of 5 trials)")
-    print(f"   switch (server's flag flip)   {cost['flip'] * 1e3:7.3f} ms")
-    print(f"   switch (peft set_adapter)     {cost['peft'] * 1e3:7.3f} ms")
-    print(f"   forward, same adapter         {cost['same'] * 1e3:7.3f} ms/step")
-    print(
-        f"   forward, alternating two      {cost['alternating'] * 1e3:7.3f} ms/step "
-        f"(ratio {cost['alternating'] / cost['same']:.2f})"
-    )
-    print(f"   forward, adapter/base in turn {cost['adapter_base'] * 1e3:7.3f} ms/step")
-    print(f"\n3. throughput, one server, {args.requests} sequential requests of 16 tokens")
-    print(f"   1 adapter                    {one_tps:7.1f} tok/s {one_rps:6.2f} req/s")
-    print(
-        f"   20 adapters in turn          {many_tps:7.1f} tok/s {many_rps:6.2f} req/s  "
-        f"ratio 20/1 = {many_tps / one_tps:.2f}"
-    )
-    print(
-        f"   20 in turn, 8 in memory (LRU){lru_tps:7.1f} tok/s {lru_rps:6.2f} req/s  "
-        f"ratio = {lru_tps / one_tps:.2f}"
-    )
+        vport = free_port()
+        vllm = vllm_server(workdir, base_dir, vport, env)
+        try:
+            start_seconds = wait(lambda: get_json(f"http://127.0.0.1:{vport}/health")[0] == 200,
+                                 "vLLM /health", vllm)
+            rss = tree_rss_mib(vllm.pid)
+            agent = Agent(workdir, base_dir, vport, env, {
+                "baseModel": {"uri": base_uri, "servedName": "tiny"}, "adapters": entries,
+                "maxLoraRank": 16, "storage": {"endpoint": s3.endpoint}})
+            try:
+                wait(lambda: list(agent.states().values()).count("Loaded") == ADAPTERS,
+                     "the agent loading 8 adapters into vLLM", agent.process)
+                url = f"http://127.0.0.1:{vport}/v1"
+                concurrent_tokens(url, names, 2, 4)  # warm up
+                vllm_mixed = concurrent_tokens(url, names, 16, args.tokens)
+                vllm_single = concurrent_tokens(url, names[:1], 16, args.tokens)
+                vllm_alone = concurrent_tokens(url, names[:1], 1, args.tokens)
+                loads = []
+                for i in range(args.loads):
+                    entry = entries[i % ADAPTERS]
+                    agent.config["adapters"] = [e for e in entries if e is not entry]
+                    agent.write()
+                    wait(lambda: entry["name"] not in agent.states(), "an unload", agent.process)
+                    agent.config["adapters"] = entries
+                    changed = time.monotonic()
+                    agent.write()
+                    wait(lambda: agent.states().get(entry["name"]) == "Loaded", "a hot load",
+                         agent.process)
+                    loads.append(time.monotonic() - changed)
+            finally:
+                stop(agent.process)
+        finally:
+            stop(vllm)
+
+    print(f"\n1. 16 concurrent requests over {ADAPTERS} adapters, max_tokens {args.tokens} (generated tokens/s)")
+    print(f"   former engine   {former_mixed:8.1f}")
+    print(f"   vLLM            {vllm_mixed:8.1f}   ratio vLLM/former = {vllm_mixed / former_mixed:.1f}x")
+    print("\n2. vLLM batches")
+    print(f"   16 on 1 adapter {vllm_single:8.1f}")
+    print(f"   16 on {ADAPTERS} adapters{vllm_mixed:8.1f}   ratio mixed/single = {vllm_mixed / vllm_single:.2f}")
+    print(f"   1 request alone {vllm_alone:8.1f}   ratio 16 mixed/1 alone = {vllm_mixed / vllm_alone:.1f}x")
+    print(f"\n3. adapter-list change to Loaded (agent: S3 download + verify + vLLM load), n={len(loads)}")
+    print(f"   p50 {percentile(loads, 50) * 1e3:7.0f} ms   p95 {percentile(loads, 95) * 1e3:7.0f} ms")
+    print(f"\n4. vLLM start to /health {start_seconds:.1f} s, resident memory {rss:.0f} MiB "
+          "(process tree, KV cache 1 GiB)")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ BAD = [
     (FTJ, "spec.method.type", "lora", "spec.method"),  # quantization is set: qlora only
     (FTJ, "spec.baseModel", DELETE, "spec.baseModel"),
     (FTJ, "spec.baseModel.uri", "ftp://models/llama", "spec.baseModel.uri"),
-    (FTJ, "spec.baseModel.uri", "s3://models/llama", "spec.baseModel"),  # revision is hf-only
+    (FTJ, "spec.baseModel.revision", "main", "spec.baseModel"),  # the base is s3://: hf-only
     (FTJ, "spec.dataset.uri", "s3://bucket", "spec.dataset.uri"),
     (FTJ, "spec.dataset.format", "csv", "spec.dataset.format"),
     (FTJ, "spec.dataset.evalFraction", 0.9, "spec.dataset.evalFraction"),
@@ -76,6 +76,14 @@ BAD = [
     (MS, "spec.baseModel.loadIn4bit", "yes", "spec.baseModel.loadIn4bit"),
     (MS, "spec.maxAdaptersInMemory", 0, "spec.maxAdaptersInMemory"),
     (MS, "spec.baseModel.uri", DELETE, "spec.baseModel.uri"),
+    (MS, "spec.baseModel.uri", "hf://meta-llama/Llama-3.1-8B", "spec.baseModel"),
+    (MS, "spec.port", 8081, "spec"),  # the adapter agent's port
+    (MS, "spec.maxAdaptersInMemory", 2, "spec"),  # below vllm.maxLoras (4)
+    (MS, "spec.vllm.maxLoraRank", 12, "spec.vllm.maxLoraRank"),  # not one of vLLM's sizes
+    (MS, "spec.vllm.maxLoras", 0, "spec.vllm.maxLoras"),
+    (MS, "spec.vllm.dtype", "int8", "spec.vllm.dtype"),
+    (MS, "spec.vllm.gpuMemoryUtilization", 1.5, "spec.vllm.gpuMemoryUtilization"),
+    (MS, "spec.resources.gpusPerWorker", 0, "spec"),  # the example's loadIn4bit needs a GPU
 ] + [
     # Every quantity field of both kinds, with what a new user types by mistake.
     (kind, field, value, field)
@@ -88,6 +96,8 @@ UNKNOWN = [
     (FTJ, "spec.trainng", {"epochs": 1}),
     (FTJ, "spec.training.learningrate", 0.001),
     (MS, "spec.adapters[0].fineTuneJobref", {"name": "x"}),
+    (MS, "spec.limits", {"maxTokens": 256}),  # the former engine's; vLLM has maxModelLen
+    (MS, "spec.vllm.maxLora", 2),
 ]
 
 

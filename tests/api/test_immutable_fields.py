@@ -16,7 +16,7 @@ from kubetune.devenv.kubeapi import ApiError
 IMMUTABLE = [
     ("spec.dataset.uri", "s3://ml-team-data/support/other.jsonl", "spec.dataset"),
     ("spec.method.lora.rank", 64, "spec.method"),
-    ("spec.baseModel.revision", "main", "spec.baseModel"),
+    ("spec.baseModel.uri", "s3://ml-team-models/base/another-model", "spec.baseModel"),
     ("spec.output.uri", "s3://elsewhere/adapters", "spec.output"),
     ("spec.training.learningRate", 0.001, "spec.training"),
 ]

@@ -1,4 +1,4 @@
-"""The three Dockerfiles agree with pyproject.toml, constraints.txt and the chart.
+"""The three Dockerfiles (operator, trainer, adapter agent) agree with pyproject.toml, constraints.txt and the chart.
 
 Docker cannot build here (no engine), so these tests check what the files say: each
 image installs its role's extra under constraints.txt, every explicit `pkg==x` equals the
@@ -28,7 +28,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 ROLES = {
     "operator": ("operator.Dockerfile", "operator"),
     "trainer": ("trainer.Dockerfile", "train"),
-    "server": ("server.Dockerfile", "serve"),
+    "agent": ("agent.Dockerfile", "agent"),
 }
 EXTRA = re.compile(r"^\.\[([\w,-]+)\]$")
 
@@ -103,7 +103,7 @@ def test_explicit_pins_equal_pyproject(role: str) -> None:
 
 
 def test_gpu_images_take_torch_from_the_cuda_index() -> None:
-    for role in ("trainer", "server"):
+    for role in ("trainer",):
         df = dockerfile(role)
         torch = [i for i in pip_installs(df)
                  if any(r.startswith("torch==") for r in i.requirements)]
@@ -168,4 +168,12 @@ def test_chart_defaults_point_to_these_images() -> None:
     operator = f"{values['image']['repository']}:{values['image']['tag'] or chart['appVersion']}"
     assert operator == image_label("operator")
     assert values["config"]["images"]["trainer"] == image_label("trainer")
-    assert values["config"]["images"]["server"] == image_label("server")
+    assert values["config"]["images"]["agent"] == image_label("agent")
+
+
+def test_agent_image_carries_no_torch() -> None:
+    """The agent only downloads, verifies and calls vLLM's API: no torch in its extra."""
+    names = {canonicalize_name(Requirement(r).name)
+             for r in PYPROJECT["project"]["optional-dependencies"]["agent"]}
+    assert not names & {"torch", "transformers", "peft", "bitsandbytes"}
+    assert "nvidia/cuda" not in dockerfile("agent").base_image(dockerfile("agent").final)

@@ -17,6 +17,8 @@ import threading
 import pytest
 from kubetune.devenv.controlplane import Identity
 from kubetune.devenv.nodeagent import NodeTemplate
+from kubetune.devenv.vllmenv import image_environments
+from modelserve_support import ADAPTER_URI, BASE_URI, BUCKET, make_adapter, upload_dir
 
 ON_DEMAND_NODE = NodeTemplate("node-1", labels={"karpenter.sh/capacity-type": "on-demand"})
 # One thread per pod keeps two CPU cores usable; no model hub is reachable from here.
@@ -97,5 +99,19 @@ def operator(kubeconfig, kube_namespace, request):
 
 @pytest.fixture
 def serve_node(node_agent):
-    """One on-demand node (what the ModelServe's default placement selects)."""
-    return node_agent([ON_DEMAND_NODE], extra_env=POD_ENV)
+    """One on-demand node (what the ModelServe's default placement selects), running
+    vLLM's images from the vLLM virtualenv."""
+    return node_agent([ON_DEMAND_NODE], extra_env=POD_ENV, image_environments=image_environments())
+
+
+@pytest.fixture(scope="session")
+def s3_models(cluster_s3, tiny_model_path, tmp_path_factory):
+    """The base model and one adapter in the S3 that pods reach."""
+    client = cluster_s3.client()
+    client.create_bucket(Bucket=BUCKET)
+    upload_dir(client, tiny_model_path, BASE_URI)
+    adapter_dir = tmp_path_factory.mktemp("adapter")
+    sha256 = make_adapter(tiny_model_path, adapter_dir, seed=1, base_uri=BASE_URI)
+    size = sum(p.stat().st_size for p in adapter_dir.iterdir() if p.name != "manifest.json")
+    upload_dir(client, adapter_dir, ADAPTER_URI)
+    return cluster_s3, sha256, size

@@ -11,6 +11,15 @@ import time
 from kubetune.devenv.kubeapi import MODELSERVES, PODS, KubeHttp, Resource
 from kubetune.devenv.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from kubetune.operator.modelserve import naming
+from lora_adapters import make_adapter, upload_dir, write_manifest  # noqa: F401 (re-exported)
+
+BUCKET = "kubetune-modelserve"
+BASE_URI = f"s3://{BUCKET}/models/tiny"
+ADAPTER_URI = f"s3://{BUCKET}/runs/ml-team/job-a/adapter"
+PORT = 8080
+# float32 so greedy answers match transformers+peft; a small KV cache on this machine.
+VLLM = {"maxLoras": 2, "maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32",
+        "cpuKVCacheGiB": 1}
 
 REPLICASETS = Resource("apps", "v1", "replicasets")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets")
@@ -76,3 +85,29 @@ def replicasets(api: KubeHttp, namespace: str, serve: str) -> list[dict]:
     pod template, so a count of one means no rollout ever happened."""
     selector = ",".join(f"{k}={v}" for k, v in naming.selector(serve).items())
     return api.list(REPLICASETS, namespace, selector)
+
+
+def modelserve(name: str, namespace: str, endpoint: str, **spec) -> dict:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1", "kind": "ModelServe",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "baseModel": {"uri": BASE_URI, "servedName": "tiny"},
+            "adapters": [{"name": "tuned", "fineTuneJobRef": {"name": "job-a"}}],
+            "replicas": 1,
+            "port": PORT,
+            "maxAdaptersInMemory": 4,
+            "vllm": VLLM,
+            "resources": {"gpusPerWorker": 0, "cpu": "1", "memory": "6Gi"},
+            "storage": {"endpoint": endpoint,
+                        "credentials": {"secretRef": {"name": "s3-creds"}}},
+            **spec,
+        },
+    }
+
+
+def container_ids(pod: dict) -> dict[str, tuple[str, int]]:
+    """Each container's (containerID, restartCount): a restart changes both."""
+    statuses = (pod["status"].get("initContainerStatuses") or []) + (
+        pod["status"].get("containerStatuses") or [])
+    return {c["name"]: (c.get("containerID"), c["restartCount"]) for c in statuses}

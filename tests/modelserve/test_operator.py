@@ -1,20 +1,21 @@
 """The ModelServe operator for real: Kopf running `modelserve.handlers` against the real
 API server, the real controller manager turning the Deployment into a ReplicaSet and a
-pod, the real scheduler binding it to the node agent's node, which runs the real adapter
-server on the tiny model, with moto S3 (on the pod network) holding the base model and
-a peft adapter.
+pod, the real scheduler binding it to the node agent's node, which runs the pod as a
+kubelet would: the base-model fetch (init container), kubetune's adapter agent (native
+sidecar) and vLLM's OpenAI server (its CPU build), on the tiny model, with moto S3 (on the
+pod network) holding the base model and a peft adapter.
 
 The main story: a ModelServe references a FineTuneJob that is still running, so its
 adapter is Pending while the base is served; the job then succeeds with an adapter in S3,
 and the ModelServe becomes Ready with that adapter Loaded, by the same pod and process
-(hot load through the ConfigMap volume, no rollout).
+(the agent sees the ConfigMap volume change and loads the adapter through vLLM's runtime
+LoRA API: no rollout, no container restart).
 """
 
 from __future__ import annotations
 
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 from kubetune.devenv.kubeapi import (
@@ -26,12 +27,16 @@ from kubetune.devenv.kubeapi import (
     SECRETS,
     SERVICES,
 )
-from kubetune.workers import objectstore
-from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files, sha256_bytes
 from modelserve_support import (
+    ADAPTER_URI,
+    BASE_URI,
+    BUCKET,
+    PORT,
     adapter_state,
+    container_ids,
     condition,
     finetunejob,
+    modelserve,
     replicasets,
     s3_secret,
     serve_status,
@@ -40,66 +45,6 @@ from modelserve_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-BUCKET = "kubetune-modelserve"
-BASE_URI = f"s3://{BUCKET}/models/tiny"
-ADAPTER_URI = f"s3://{BUCKET}/runs/ml-team/job-a/adapter"
-PORT = 8080
-
-
-def upload_dir(client, directory: Path, uri: str) -> None:
-    dest = objectstore.S3Uri.parse(uri)
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        objectstore.upload_file(client, path, dest.join(path.relative_to(directory).as_posix()))
-
-
-def make_adapter(base_dir: Path, out_dir: Path, rank: int = 4) -> tuple[str, int]:
-    """A real LoRA adapter saved by peft (safetensors) with the trainer's manifest.json,
-    its non-zero B making it change the base's answers. Returns (manifest sha256, bytes)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
-    files = describe_files(out_dir)
-    raw = Manifest(kind="adapter", files=files, base_model={"uri": BASE_URI},
-                   method={"type": "lora", "rank": rank}).to_json()
-    (out_dir / MANIFEST_NAME).write_bytes(raw)
-    return sha256_bytes(raw), sum(f["size"] for f in files.values())
-
-
-@pytest.fixture(scope="module")
-def s3_models(cluster_s3, tiny_model_path, tmp_path_factory):
-    """The base model and one adapter in the S3 that pods reach."""
-    client = cluster_s3.client()
-    client.create_bucket(Bucket=BUCKET)
-    upload_dir(client, tiny_model_path, BASE_URI)
-    adapter_dir = tmp_path_factory.mktemp("adapter")
-    sha256, size = make_adapter(tiny_model_path, adapter_dir)
-    upload_dir(client, adapter_dir, ADAPTER_URI)
-    return cluster_s3, sha256, size
-
-
-def modelserve(name: str, namespace: str, endpoint: str, **spec) -> dict:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "ModelServe",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "baseModel": {"uri": BASE_URI, "servedName": "tiny"},
-            "adapters": [{"name": "tuned", "fineTuneJobRef": {"name": "job-a"}}],
-            "replicas": 1,
-            "port": PORT,
-            "resources": {"gpusPerWorker": 0, "cpu": "1", "memory": "2Gi"},
-            "storage": {"endpoint": endpoint,
-                        "credentials": {"secretRef": {"name": "s3-creds"}}},
-            **spec,
-        },
-    }
-
 
 def set_job_status(api, namespace: str, name: str, status: dict) -> None:
     """What the FineTuneJob reconciler would write (it is not running here)."""
@@ -137,8 +82,8 @@ def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(
     (pod,) = server_pods(api, ns, "chat")
     assert pod["spec"]["nodeName"] == "node-1"
     pod_name, pod_uid = pod["metadata"]["name"], pod["metadata"]["uid"]
-    (container,) = pod["status"]["containerStatuses"]
-    pid = serve_node.running[(ns, pod_name)].process.pid
+    containers = container_ids(pod)
+    assert set(containers) == {"fetch-base", "adapter-agent", "vllm"}
     deployment_generation = api.get(DEPLOYMENTS, "chat-serve", ns)["metadata"]["generation"]
     config = json.loads(api.get(CONFIGMAPS, "chat-serve-config", ns)["data"]["config.json"])
     assert config["adapters"] == []
@@ -156,12 +101,11 @@ def test_adapter_from_a_finishing_job_is_hot_loaded_without_restart(
     assert (status["phase"], status["adaptersDisplay"]) == ("Ready", "1/1")
     assert condition(status, "Reconciling") == "False" and condition(status, "Stalled") == "False"
 
-    # Same pod, same container, same process, no rollout: only the ConfigMap changed.
+    # Same pod, same containers (vLLM and the agent never restarted), no rollout: only
+    # the ConfigMap changed.
     (pod,) = server_pods(api, ns, "chat")
     assert (pod["metadata"]["name"], pod["metadata"]["uid"]) == (pod_name, pod_uid)
-    (after,) = pod["status"]["containerStatuses"]
-    assert (after["restartCount"], after["containerID"]) == (0, container["containerID"])
-    assert serve_node.running[(ns, pod_name)].process.pid == pid
+    assert container_ids(pod) == containers
     assert len(replicasets(api, ns, "chat")) == 1
     deployment = api.get(DEPLOYMENTS, "chat-serve", ns)
     assert deployment["metadata"]["generation"] == deployment_generation
@@ -188,9 +132,9 @@ def models_served(pod: dict) -> list[str]:
 @pytest.mark.slow
 def test_a_base_model_roll_keeps_the_old_replica_serving_until_the_new_one_is_ready(
         kube_cluster, kube_namespace, serve_node, operator, s3_models):
-    """maxUnavailable 0: while the rolled pod cannot load its base (it is not in S3 and
-    the server exits, again and again), the old pod keeps serving; reverting the spec
-    returns to that very pod."""
+    """maxUnavailable 0: while the rolled pod cannot fetch its base (it is not in S3, so
+    the fetch-base init container fails, again and again, and vLLM never starts), the
+    old pod keeps serving; reverting the spec returns to that very pod."""
     s3 = s3_models[0]
     api, ns = kube_cluster.api, kube_namespace
     api.create(SECRETS, s3_secret(ns), ns)
@@ -212,10 +156,11 @@ def test_a_base_model_roll_keeps_the_old_replica_serving_until_the_new_one_is_re
     def new_pod_crashed():
         pods = [p for p in server_pods(api, ns, "roll") if p["metadata"]["uid"] != old[
             "metadata"]["uid"]]
-        statuses = [c for p in pods for c in p["status"].get("containerStatuses") or []]
+        statuses = [c for p in pods for c in p["status"].get("initContainerStatuses") or []
+                    if c["name"] == "fetch-base"]
         return pods if any(c["restartCount"] >= 1 for c in statuses) else None
 
-    (new,) = wait_for(new_pod_crashed, "the rolled pod failing to load its base",
+    (new,) = wait_for(new_pod_crashed, "the rolled pod failing to fetch its base",
                       timeout=120, on_timeout=state)
     assert len(replicasets(api, ns, "roll")) == 2
     kept = {p["metadata"]["uid"]: p for p in server_pods(api, ns, "roll")}[old["metadata"]["uid"]]
@@ -236,8 +181,12 @@ def test_a_base_model_roll_keeps_the_old_replica_serving_until_the_new_one_is_re
              "back to the old pod alone, Ready", timeout=60, on_timeout=state)
     assert new["metadata"]["name"] not in {p["metadata"]["name"]
                                            for p in server_pods(api, ns, "roll")}
+    (fetch,) = [c for c in new["status"]["initContainerStatuses"] if c["name"] == "fetch-base"]
+    reason = (fetch.get("lastState") or {}).get("terminated") or (fetch.get("state") or {}).get(
+        "terminated") or {}
+    assert "models/missing" in (reason.get("message") or ""), fetch
     (pod,) = server_pods(api, ns, "roll")
-    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert all(restarts == 0 for _, restarts in container_ids(pod).values())
 
 
 def test_invalid_spec_is_stalled_with_an_event_and_creates_nothing(

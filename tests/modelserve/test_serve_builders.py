@@ -67,7 +67,7 @@ CASES = {
                 "endpoint": "http://minio.storage.svc:9000",
                 "credentials": {"secretRef": {"name": "minio-creds"}},
             },
-            "limits": {"maxTokens": 256},
+            "vllm": {"maxLoras": 2, "maxModelLen": 4096, "dtype": "bfloat16"},
             "port": 8080,
         },
         {},
@@ -86,16 +86,30 @@ CASES = {
             },
             "storage": {"region": "us-west-2",
                         "credentials": {"serviceAccountName": "llm-server"}},
-            "image": "registry.local/kubetune/server:dev",
+            "image": "registry.local/vllm/vllm-openai:dev",
             "imagePullPolicy": "Always",
         },
         {"spotProvider": "gke", "storage": {"defaultEndpoint": "http://s3.local:9000"}},
         RESOLVED,
     ),
     "cpu-only-karpenter-on-demand": (
-        {"resources": {"gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}, "adapters": []},
+        {"baseModel": {"uri": "s3://models/llama-3-8b"},
+         "resources": {"gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}, "adapters": [],
+         "vllm": {"cpuKVCacheGiB": 2, "dtype": "float32"}},
         {"spotProvider": "karpenter"},
         [],
+    ),
+    "gpu-pool-two-gpus-pvc-base": (
+        {"baseModel": {"uri": "pvc://model-store/llama-3-70b"},
+         "resources": {"gpusPerWorker": 2, "cpu": "16", "memory": "128Gi",
+                       "nodeSelector": {"karpenter.k8s.aws/instance-family": "p5"},
+                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                        "effect": "NoSchedule"}]},
+         "vllm": {"maxLoras": 8, "maxLoraRank": 64, "gpuMemoryUtilization": 0.9,
+                  "extraArgs": ["--enable-prefix-caching"]},
+         "maxAdaptersInMemory": 32},
+        {"spotProvider": "karpenter"},
+        RESOLVED,
     ),
 }
 
@@ -199,11 +213,25 @@ def test_children_are_owned_selected_and_probed(name):
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
     assert found["Service"]["spec"]["selector"] == selector
-    container = template["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["ports"][0]["containerPort"] == serve.port
-    assert container["command"][-3:] == [str(serve.port), "--cache-dir", "/tmp/kubetune-serve"]
+    (vllm,) = template["spec"]["containers"]
+    assert vllm["name"] == "vllm"
+    assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert vllm["ports"][0]["containerPort"] == serve.port
+    args = vllm["args"]
+    assert args[args.index("--port") + 1] == str(serve.port)
+    assert "--enable-lora" in args
+    init = {c["name"]: c for c in template["spec"]["initContainers"]}
+    agent = init["adapter-agent"]
+    assert agent["restartPolicy"] == "Always"  # a native sidecar: up before vLLM
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "agent"}
+    assert agent["command"][agent["command"].index("--vllm-url") + 1] == (
+        f"http://127.0.0.1:{serve.port}")
+    fetches = serve.base_model.uri.startswith("s3://")
+    assert ("fetch-base" in init) == fetches
+    if fetches:  # the fetch runs first, so vLLM never sees an unverified base
+        assert list(init) == ["fetch-base", "adapter-agent"]
+    service_ports = {p["name"]: p["port"] for p in found["Service"]["spec"]["ports"]}
+    assert service_ports == {"http": serve.port, "agent": 8081}
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
@@ -220,30 +248,44 @@ def test_configmap_serves_only_resolved_adapters_in_spec_order():
     document = json.loads(resolved["data"][CONFIG_KEY])
     assert [a["name"] for a in document["adapters"]] == ["support", "legal"]
     assert document["storage"] == {"endpoint": "http://minio.storage.svc:9000"}
-    assert document["limits"]["maxTokens"] == 256
+    assert document["maxLoraRank"] == 16
 
 
-def test_the_server_config_parses_with_the_servers_own_parser():
-    from kubetune.workers.serve.config import parse_config as parse_server_config
-
-    for name in CASES:
-        configmap = by_kind(build_case(name))["ConfigMap"]
-        overrides, _, resolutions = CASES[name]
-        parsed = parse_server_config(json.loads(configmap["data"][CONFIG_KEY]))
-        assert [a.name for a in parsed.adapters] == [r.name for r in resolutions if r.resolved]
-        assert parsed.max_adapters_in_memory == spec(**overrides).max_adapters_in_memory
-
-
-def test_credentials_only_by_reference():
-    env = {e["name"]: e for e in by_kind(build_case("three-replicas-secret-credentials"))[
-        "Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
-        "secretKeyRef": {"name": "minio-creds", "key": "AWS_ACCESS_KEY_ID"}}}
-    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+def test_credentials_only_by_reference_and_only_where_objects_are_read():
+    pod = by_kind(build_case("three-replicas-secret-credentials"))[
+        "Deployment"]["spec"]["template"]["spec"]
+    for container in pod["initContainers"]:  # fetch-base and the adapter agent
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
+            "secretKeyRef": {"name": "minio-creds", "key": "AWS_ACCESS_KEY_ID"}}}
+        assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    # vLLM reads only local files: it gets no object-store credentials at all.
+    assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("AWS_")]
     irsa = by_kind(build_case("spot-gke-irsa"))["Deployment"]["spec"]["template"]["spec"]
     assert irsa["serviceAccountName"] == "llm-server"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & {
-        e["name"] for e in irsa["containers"][0]["env"]}
+        e["name"] for c in irsa["initContainers"] + irsa["containers"] for e in c["env"]}
+
+
+def test_images_and_gpus_per_capacity():
+    def vllm_of(name: str) -> dict:
+        return by_kind(build_case(name))["Deployment"]["spec"]["template"]["spec"][
+            "containers"][0]
+
+    gpu = vllm_of("gpu-pool-two-gpus-pvc-base")
+    assert gpu["image"] == "vllm/vllm-openai:v0.32.0"
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert gpu["args"][gpu["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert gpu["args"][gpu["args"].index("--model") + 1] == "/models/pvc/llama-3-70b"
+    assert gpu["args"][-1] == "--enable-prefix-caching"
+    cpu = vllm_of("cpu-only-karpenter-on-demand")
+    assert cpu["image"] == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0"
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"} in cpu["env"]
+    assert "--quantization" not in cpu["args"]
+    four_bit = vllm_of("single-replica-pending-adapter")
+    assert four_bit["args"][four_bit["args"].index("--quantization") + 1] == "bitsandbytes"
+    assert vllm_of("spot-gke-irsa")["image"] == "registry.local/vllm/vllm-openai:dev"
 
 
 def test_spot_placement_only_when_spot_is_allowed():
@@ -274,15 +316,16 @@ HOT_CHANGES = {
     "adapter added": {"adapters": [*ADAPTERS, {"name": "extra", "uri": "s3://adapters/extra"}]},
     "adapter removed": {"adapters": ADAPTERS[1:]},
     "adapter pinned": {"adapters": [ADAPTERS[0], {**ADAPTERS[1], "sha256": "c" * 64}]},
-    "max adapters in memory": {"maxAdaptersInMemory": 3},
-    "limits": {"limits": {"maxPromptTokens": 128}},
     "replicas": {"replicas": 4},
 }
 ROLLING_CHANGES = {
     "base model": {"baseModel": {"uri": "s3://models/llama-3-8b-v2", "loadIn4bit": True}},
     "4-bit loading": {"baseModel": {"uri": "s3://models/llama-3-8b"}},
     "served name": {"baseModel": {**BASE["baseModel"], "servedName": "llama"}},
-    "image": {"image": "registry.local/kubetune/server:2"},
+    "image": {"image": "registry.local/vllm/vllm-openai:2"},
+    "max adapters in memory": {"maxAdaptersInMemory": 16},
+    "vllm max loras": {"vllm": {"maxLoras": 2}},
+    "vllm extra args": {"vllm": {"extraArgs": ["--enforce-eager"]}},
     "resources": {"resources": {"memory": "32Gi"}},
     "storage endpoint": {"storage": {"endpoint": "http://minio:9000"}},
     "port": {"port": 9000},

@@ -35,7 +35,9 @@ def test_file_named_by_env_is_read(tmp_path):
     assert config.spot_provider == "gke"
     assert config.images.trainer == "registry.local/trainer:dev"
     assert config.images.pull_policy == "Always"
-    assert config.images.server == "ghcr.io/kubetune/server:0.1.0"
+    assert config.images.agent == "ghcr.io/kubetune/agent:0.1.0"
+    assert config.images.vllm == "vllm/vllm-openai:v0.32.0"
+    assert config.images.vllm_cpu == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0"
     assert config.storage.default_endpoint == "http://minio.minio:9000"
     assert config.watch_namespaces == ["ml-team"]
     assert config.trainer_status_port == 9090

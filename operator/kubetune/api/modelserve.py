@@ -1,8 +1,9 @@
-"""ModelServe: one base model and many LoRA adapters behind an OpenAI-compatible API.
+"""ModelServe: one base model and many LoRA adapters behind vLLM's OpenAI-compatible API.
 
 Adapters are named; a request's `model` field picks one. Changing only the adapter
-list is hot-loaded by the running pods; changing the base model or resources rolls
-the Deployment.
+list is hot-loaded by the running pods (kubetune's adapter agent verifies each adapter
+and loads it through vLLM's runtime LoRA API); changing the base model, the vLLM
+settings, the image or resources rolls the Deployment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .common import (
 from .finetunejob import ModelSource
 from .names import FINETUNEJOB_NAME_MAX
 
+AGENT_PORT = 8081
 SERVED_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 ServedName = Annotated[str, StringConstraints(pattern=SERVED_NAME_PATTERN, max_length=63)]
 
@@ -76,13 +78,42 @@ class AdapterSource(ApiModel):
         return self
 
 
+HUB_REFUSED = (
+    "a ModelServe base must be s3://, pvc:// or file://: the adapter agent checks every "
+    "adapter against the base's own files, and fetching from the hub is not built yet "
+    "(mirror the model to object storage)"
+)
+
+
 class ServedBaseModel(ModelSource):
-    """The base model every adapter applies to."""
+    """The base model every adapter applies to.
+
+    s3:// bases are downloaded and verified by an init container before vLLM starts (so
+    vLLM never reads an unverified base, and the adapter agent can check every adapter
+    against the base's own files); pvc:// and file:// bases are read in place."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *ModelSource.model_config["json_schema_extra"]["x-kubernetes-validations"],
+                {"rule": "!self.uri.startsWith('hf://')", "message": HUB_REFUSED},
+            ]
+        }
+    )
 
     load_in_4bit: StrictBool = Field(
-        default=False, alias="loadIn4bit", description="Load the base with bitsandbytes NF4."
+        default=False,
+        alias="loadIn4bit",
+        description="Quantise the base in flight with bitsandbytes (vLLM `--quantization "
+        "bitsandbytes`; GPU pools only).",
     )
     served_name: ServedName = Field(default="base", description="`model` name of the bare base.")
+
+    @model_validator(mode="after")
+    def _not_from_hub(self) -> ServedBaseModel:
+        if self.uri.startswith("hf://"):
+            raise ValueError(HUB_REFUSED)
+        return self
 
 
 class ServeResources(Placement):
@@ -91,14 +122,65 @@ class ServeResources(Placement):
     spot: StrictBool = Field(default=False, description="Allow server pods on spot capacity.")
 
 
-class ServeLimits(ApiModel):
-    """Input bounds enforced by the server (HTTP 400 beyond them)."""
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Flags kubetune sets from typed fields: passing them in extraArgs would contradict the spec.
+VLLM_MANAGED_FLAGS = {
+    "--model": "baseModel.uri", "--served-model-name": "baseModel.servedName",
+    "--host": "(set by kubetune)", "--port": "port", "--enable-lora": "(always on)",
+    "--max-loras": "vllm.maxLoras", "--max-lora-rank": "vllm.maxLoraRank",
+    "--max-cpu-loras": "maxAdaptersInMemory", "--max-model-len": "vllm.maxModelLen",
+    "--max-num-seqs": "vllm.maxNumSeqs", "--dtype": "vllm.dtype",
+    "--gpu-memory-utilization": "vllm.gpuMemoryUtilization",
+    "--quantization": "baseModel.loadIn4bit", "--trust-remote-code": "baseModel.trustRemoteCode",
+    "--tensor-parallel-size": "resources.gpusPerWorker",
+}
 
-    max_prompt_tokens: int = Field(default=4096, ge=1, le=1_048_576, description="Prompt tokens.")
-    max_tokens: int = Field(default=1024, ge=1, le=1_048_576, description="Generated tokens.")
-    max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, le=67_108_864, description="Request body size."
+
+class VllmSettings(ApiModel):
+    """vLLM's engine settings; each maps to the `vllm serve` flag it names."""
+
+    max_loras: int = Field(
+        default=4, ge=1, le=256,
+        description="Adapters batched together in one step (--max-loras).",
     )
+    max_lora_rank: Literal[VLLM_LORA_RANKS] = Field(  # type: ignore[valid-type]
+        default=16,
+        description="Largest LoRA rank accepted (--max-lora-rank; one of vLLM's sizes: "
+        + ", ".join(map(str, VLLM_LORA_RANKS)) + "). Adapters above it are refused.",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=1_048_576,
+        description="Prompt plus output tokens per request (--max-model-len; default: the model's).",
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=4096, description="Requests batched at once (--max-num-seqs)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights and activations dtype (--dtype)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, ge=0.05, le=0.99,
+        description="Share of GPU memory vLLM may use (--gpu-memory-utilization; GPU pools).",
+    )
+    cpu_kv_cache_gib: int | None = Field(
+        default=None, ge=1, le=4096, alias="cpuKVCacheGiB",
+        description="KV cache size on CPU pools (VLLM_CPU_KVCACHE_SPACE, GiB).",
+    )
+    extra_args: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64,
+        description="Further `vllm serve` flags, passed as given; flags kubetune sets from "
+        "other fields are refused.",
+    )
+
+    @model_validator(mode="after")
+    def _no_managed_flags(self) -> VllmSettings:
+        for i, arg in enumerate(self.extra_args):
+            flag = arg.split("=", 1)[0]
+            if flag in VLLM_MANAGED_FLAGS:
+                raise ValueError(
+                    f"extraArgs[{i}] {flag} is set by kubetune from {VLLM_MANAGED_FLAGS[flag]}"
+                )
+        return self
 
 
 class ModelServeSpec(ApiModel):
@@ -111,7 +193,22 @@ class ModelServeSpec(ApiModel):
                     "rule": "!has(self.adapters) || !has(self.baseModel.servedName) || "
                     "self.adapters.all(a, a.name != self.baseModel.servedName)",
                     "message": "an adapter name must differ from baseModel.servedName",
-                }
+                },
+                {
+                    "rule": f"!has(self.port) || self.port != {AGENT_PORT}",
+                    "message": f"port {AGENT_PORT} is the adapter agent's; pick another",
+                },
+                {
+                    "rule": "!has(self.maxAdaptersInMemory) || !has(self.vllm) || "
+                    "!has(self.vllm.maxLoras) || self.maxAdaptersInMemory >= self.vllm.maxLoras",
+                    "message": "maxAdaptersInMemory must be at least vllm.maxLoras",
+                },
+                {
+                    "rule": "!has(self.baseModel.loadIn4bit) || !self.baseModel.loadIn4bit || "
+                    "!has(self.resources) || !has(self.resources.gpusPerWorker) || "
+                    "self.resources.gpusPerWorker > 0",
+                    "message": "baseModel.loadIn4bit needs a GPU pool (resources.gpusPerWorker > 0)",
+                },
             ]
         }
     )
@@ -125,20 +222,43 @@ class ModelServeSpec(ApiModel):
     )
     replicas: int = Field(default=1, ge=0, le=64, description="Server pods.")
     max_adapters_in_memory: int = Field(
-        default=8, ge=1, le=1024, description="Adapters held per replica; LRU beyond."
+        default=8, ge=1, le=1024,
+        description="Adapters held per replica in host memory (vLLM --max-cpu-loras); "
+        "least recently used beyond. At least vllm.maxLoras.",
     )
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="vLLM engine settings.")
     resources: ServeResources = Field(
         default_factory=ServeResources, description="Pod size and placement."
     )
     storage: ObjectStore = Field(
         default_factory=ObjectStore, description="Object store of s3:// models and adapters."
     )
-    limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits.")
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
-        default=None, description="Server image override."
+        default=None,
+        description="vLLM image override (default: the operator's vLLM image for GPU pools, "
+        "its vLLM CPU image when resources.gpusPerWorker is 0).",
     )
     image_pull_policy: ImagePullPolicy | None = Field(default=None, description="Pull policy.")
-    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the API.")
+    port: int = Field(
+        default=8000, ge=1024, le=65535,
+        description=f"HTTP port of vLLM's API (not {AGENT_PORT}, the adapter agent's).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> ModelServeSpec:
+        if self.port == AGENT_PORT:
+            raise ValueError(f"port {AGENT_PORT} is the adapter agent's; pick another")
+        if self.max_adapters_in_memory < self.vllm.max_loras:
+            raise ValueError(
+                f"maxAdaptersInMemory ({self.max_adapters_in_memory}) must be at least "
+                f"vllm.maxLoras ({self.vllm.max_loras})"
+            )
+        if self.base_model.load_in_4bit and self.resources.gpus_per_worker == 0:
+            raise ValueError(
+                "baseModel.loadIn4bit needs a GPU pool (resources.gpusPerWorker > 0): vLLM's "
+                "bitsandbytes quantisation runs on CUDA"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelServeSpec:

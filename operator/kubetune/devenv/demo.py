@@ -8,8 +8,12 @@ kubetune with `helm install` of its chart (CRDs, RBAC, the operator's Deployment
 pod the node agent runs under the chart's ServiceAccount). Applies
 examples/finetune.yaml adapted to the tiny local model and data with the real kubectl,
 shows progress as the trainer reports it, injects one spot preemption and shows the
-recovery, then applies a ModelServe for the adapter, sends it a chat completion and
-prints the answer. Ends with a summary and leaves no process behind.
+recovery. The ModelServe for the job's adapter is applied beside it: vLLM (its CPU
+build, from the vLLM virtualenv the node agent maps vLLM's image to) starts on the base
+while the job trains, and when the job succeeds kubetune's adapter agent verifies the
+adapter and hot-loads it into that same vLLM process. A chat completion through the
+official `openai` client shows the answer. Ends with a summary and leaves no process
+behind.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -62,7 +67,11 @@ def demo_modelserve(model_dir: Path) -> dict:
     spec["baseModel"] = {"uri": f"file://{model_dir}", "servedName": "tiny-llama"}
     spec["adapters"] = [{"name": JOB, "fineTuneJobRef": {"name": JOB}}]
     spec["replicas"] = 1
-    spec["resources"] = {"gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}
+    spec["maxAdaptersInMemory"] = 4
+    # float32 so vLLM's greedy answer is the one transformers+peft give (see tests/agent).
+    spec["vllm"] = {"maxLoras": 2, "maxLoraRank": 16, "maxModelLen": 512, "dtype": "float32",
+                    "cpuKVCacheGiB": 1}
+    spec["resources"] = {"gpusPerWorker": 0, "cpu": "2", "memory": "6Gi"}
     spec["storage"] = {"credentials": {"secretRef": {"name": "s3-credentials"}}}
     return body
 
@@ -108,31 +117,53 @@ def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> di
     raise TimeoutError(f"FineTuneJob did not finish in {timeout:.0f}s; operator log:\n{stack.operator_log()[-3000:]}")
 
 
-def wait_serve_ready(stack: EmbeddedStack, timeout: float) -> dict:
+def serve_status(stack: EmbeddedStack) -> dict:
+    return (stack.api.get(MODELSERVES, SERVE, NAMESPACE) or {}).get("status") or {}
+
+
+def wait_serve(stack: EmbeddedStack, adapter_state: str | None, timeout: float) -> dict:
+    """Until the ModelServe is Ready (and the job's adapter in `adapter_state`, if given)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = show_changes(stack, "ms", last)
-        status = (stack.api.get(MODELSERVES, SERVE, NAMESPACE) or {}).get("status") or {}
+        status = serve_status(stack)
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
-        if ready:
+        states = {a["name"]: a.get("state") for a in status.get("adapters", [])}
+        if ready and (adapter_state is None or states.get(JOB) == adapter_state):
             return status
         time.sleep(1.0)
-    raise TimeoutError(f"ModelServe not Ready in {timeout:.0f}s; operator log:\n{stack.operator_log()[-3000:]}")
+    raise TimeoutError(f"ModelServe not Ready in {timeout:.0f}s; status {json.dumps(serve_status(stack))}\n"
+                       f"operator log:\n{stack.operator_log()[-3000:]}")
 
 
-def chat(stack: EmbeddedStack, prompt: str) -> tuple[str, float]:
+def serve_pod(stack: EmbeddedStack) -> dict:
+    pods = stack.api.list(PODS, NAMESPACE, label_selector=f"kubetune.dev/modelserve={SERVE}")
+    return next(p for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp"))
+
+
+def restarts(pod: dict) -> int:
+    statuses = (pod["status"].get("containerStatuses") or []) + (pod["status"].get("initContainerStatuses") or [])
+    return sum(int(c.get("restartCount") or 0) for c in statuses)
+
+
+def chat(stack: EmbeddedStack, prompt: str) -> tuple[str, float, str]:
+    """(answer, seconds, vLLM's version) through the official openai client."""
+    import urllib.request
+
     from openai import OpenAI
 
-    pods = stack.api.list(PODS, NAMESPACE, label_selector=f"kubetune.dev/modelserve={SERVE}")
-    ip = next(p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("phase") == "Running")
+    ip = serve_pod(stack)["status"]["podIP"]
     port = demo_modelserve(Path("/")).get("spec", {}).get("port", 8000)
+    with urllib.request.urlopen(f"http://{ip}:{port}/version", timeout=10) as answer:
+        version = json.loads(answer.read()).get("version", "?")
     client = OpenAI(base_url=f"http://{ip}:{port}/v1", api_key="unused", max_retries=0)
     start = time.monotonic()
     answer = client.chat.completions.create(
         model=JOB, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
     )
-    return answer.choices[0].message.content, time.monotonic() - start
+    return answer.choices[0].message.content, time.monotonic() - start, version
 
 
 def run(max_steps: int, timeout: float) -> int:
@@ -154,17 +185,26 @@ def run(max_steps: int, timeout: float) -> int:
         manifest = stack.workdir / "finetune.yaml"
         manifest.write_text(yaml.safe_dump(demo_finetunejob(model_dir, max_steps), sort_keys=False))
         say("kubectl apply -f finetune.yaml -> " + stack.kubectl("apply", "-f", str(manifest)).strip())
+        serve_manifest = stack.workdir / "modelserve.yaml"
+        serve_manifest.write_text(yaml.safe_dump(demo_modelserve(model_dir), sort_keys=False))
+        say("kubectl apply -f modelserve.yaml -> " + stack.kubectl("apply", "-f", str(serve_manifest)).strip()
+            + " (vLLM starts on the base while the job trains; the adapter waits for the job)")
         status = follow_training(stack, preempt_at=max_steps // 3, timeout=timeout)
         if status.get("phase") != "Succeeded":
             say(f"FineTuneJob ended {status.get('phase')}: {status.get('message')}")
             return 1
-        serve_manifest = stack.workdir / "modelserve.yaml"
-        serve_manifest.write_text(yaml.safe_dump(demo_modelserve(model_dir), sort_keys=False))
-        say("kubectl apply -f modelserve.yaml -> " + stack.kubectl("apply", "-f", str(serve_manifest)).strip())
-        wait_serve_ready(stack, timeout=300)
+        succeeded_at = datetime.now(timezone.utc)
+        serving = wait_serve(stack, "Loaded", timeout=300)
+        pod = serve_pod(stack)
+        pod_started = datetime.fromisoformat(pod["status"]["startTime"].replace("Z", "+00:00"))
+        same_pod = pod_started < succeeded_at and restarts(pod) == 0
+        say(f"adapter {JOB!r} hot-loaded into vLLM in pod {pod['metadata']['name']}, started "
+            f"{(succeeded_at - pod_started).total_seconds():.0f} s before the job succeeded, "
+            f"{restarts(pod)} container restarts; kubectl get ms: {serving.get('adaptersDisplay')} adapters loaded")
         prompt = "Add the numbers. 3 and 4"
-        answer, latency = chat(stack, prompt)
-        say(f"chat completion from adapter {JOB!r}: {prompt!r} -> {answer!r} ({latency * 1000:.0f} ms)")
+        answer, latency, version = chat(stack, prompt)
+        say(f"chat completion from adapter {JOB!r} through vLLM {version}: {prompt!r} -> {answer!r} "
+            f"({latency * 1000:.0f} ms)")
         say("(a 2-layer randomly initialised model after a minute of training: the text is not meant to "
             "be sensible; the point is the path apply -> train -> preempt -> resume -> adapter -> serve)")
         progress = status.get("progress") or {}
@@ -173,6 +213,7 @@ def run(max_steps: int, timeout: float) -> int:
             "steps": progress.get("step"), "trainLoss": progress.get("loss"), "evalLoss": progress.get("evalLoss"),
             "recoveries": status.get("recoveries"), "errorRetries": status.get("errorRetries"),
             "lostSteps": status.get("lostSteps"), "adapterUri": adapter.get("uri"), "adapterSha256": adapter.get("sha256"),
+            "servedBy": f"vLLM {version}", "hotLoadedWithoutRestart": same_pod,
             "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
         }
         say("summary:\n" + json.dumps(summary, indent=2))

@@ -16,9 +16,11 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
+from . import vllmenv
 from .cluster import Cluster
 from .controlplane import ADMIN
 from .kubeapi import PODS, SECRETS
@@ -51,12 +53,16 @@ class EmbeddedStack:
     """Start with `with EmbeddedStack() as stack:`; attributes hold each part."""
 
     def __init__(self, workdir: Path | None = None, namespace: str = "default", bucket: str = "kubetune",
-                 timer_seconds: float = 2.0, nodes: list[NodeTemplate] | None = None):
+                 timer_seconds: float = 2.0, nodes: list[NodeTemplate] | None = None,
+                 image_environments: Mapping[str, Path] | None = None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubetune-stack-"))
         self.namespace = namespace
         self.bucket = bucket
         self.timer_seconds = timer_seconds
         self.nodes = nodes if nodes is not None else default_nodes()
+        # image prefix -> virtualenv: vLLM's images run from the vLLM virtualenv.
+        self.image_environments = (vllmenv.image_environments() if image_environments is None
+                                   else image_environments)
         self._exit = ExitStack()
         self.operator_installed = False
 
@@ -86,7 +92,7 @@ class EmbeddedStack:
         }, self.namespace)
         self.agent = self._exit.enter_context(NodeAgent(
             self.cluster.control_plane, self.cluster.network, self.workdir / "nodes", self.nodes,
-            extra_env=POD_ENV))
+            extra_env=POD_ENV, image_environments=self.image_environments))
 
     # the operator, installed with its chart ------------------------------------------
     def install_operator(self, timeout: float = 180) -> str:

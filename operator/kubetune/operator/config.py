@@ -122,7 +122,19 @@ class ImagesConfig(ApiModel):
     """Default images of the pods the operator creates."""
 
     trainer: str = Field(default="ghcr.io/kubetune/trainer:0.1.0", min_length=1)
-    server: str = Field(default="ghcr.io/kubetune/server:0.1.0", min_length=1)
+    agent: str = Field(
+        default="ghcr.io/kubetune/agent:0.1.0", min_length=1,
+        description="kubetune's adapter agent (and the base-model fetch before vLLM starts).",
+    )
+    vllm: str = Field(
+        default="vllm/vllm-openai:v0.32.0", min_length=1,
+        description="vLLM's CUDA image, for ModelServes on GPU pools.",
+    )
+    vllm_cpu: str = Field(
+        default="public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0", min_length=1,
+        alias="vllmCPU",
+        description="vLLM's CPU image, for ModelServes with resources.gpusPerWorker 0.",
+    )
     pull_policy: ImagePullPolicy = Field(default="IfNotPresent")
 
 

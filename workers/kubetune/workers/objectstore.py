@@ -144,6 +144,19 @@ def list_keys(client, prefix: S3Uri) -> Iterator[str]:
             yield item["Key"]
 
 
+def download_file(client, src: S3Uri, target: Path, attempts: int = 5) -> None:
+    """Stream one object to a file in 1 MiB chunks (a base model's shards are many GB: they
+    must not pass through memory whole); a retry starts the file over."""
+
+    def fetch() -> None:
+        body = client.get_object(Bucket=src.bucket, Key=src.key)["Body"]
+        with open(target, "wb") as out:
+            for chunk in body.iter_chunks(1 << 20):
+                out.write(chunk)
+
+    with_retries(fetch, f"download {src}", attempts=attempts)
+
+
 def download_prefix(client, src: S3Uri, dest: Path, attempts: int = 5) -> list[Path]:
     """Download every object under `src` into `dest`, keeping relative paths."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -154,8 +167,7 @@ def download_prefix(client, src: S3Uri, dest: Path, attempts: int = 5) -> list[P
             continue
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = get_bytes(client, S3Uri(src.bucket, key), attempts=attempts)
-        target.write_bytes(data)
+        download_file(client, S3Uri(src.bucket, key), target, attempts=attempts)
         written.append(target)
     return written
 

@@ -1,12 +1,11 @@
-"""Pure builders of a ModelServe's children: server ConfigMap, Deployment, Service, PDB.
+"""Pure builders of a ModelServe's children: adapter-list ConfigMap, Deployment, Service, PDB.
 
 The split between the ConfigMap and the pod template is what makes adapter changes
-cheap: the adapter list lives only in the ConfigMap (the server polls the mounted file
-and hot-loads), while everything the server cannot change in place — the base model and
-the object store it loads it from — is hashed into a pod-template annotation, so that
-changing it (or the image, resources, credentials, which are in the template anyway)
-rolls the Deployment. Limits and maxAdaptersInMemory are hot-applied by the server and
-so are deliberately left out of the hash.
+cheap: the adapter list lives only in the ConfigMap (the adapter agent watches the
+mounted file and loads through vLLM's runtime API), while everything that needs a new
+vLLM process (the base model, the object store it comes from, vLLM's flags, images,
+resources, credentials) is in the pod template or hashed into a pod-template
+annotation, so changing it rolls the Deployment. The pod itself is in `podspec`.
 """
 
 from __future__ import annotations
@@ -17,23 +16,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from kubetune.api import MODELSERVE, Kind, ModelServeSpec
+from kubetune.api.modelserve import AGENT_PORT
 
 from ..builders.meta import OwnerMeta
 from ..builders.placement import place
-from ..builders.pods import container_resources, container_security
-from ..builders.storage_env import service_account_name, storage_endpoint, storage_env
+from ..builders.storage_env import service_account_name, storage_endpoint
 from ..config import OperatorConfig
 from . import naming
+from .podspec import AGENT_PORT_NAME, CONFIG_KEY, PORT_NAME, containers, volumes
 from .resolve import Resolution
 
-CONFIG_DIR = "/etc/kubetune/serve"
-CONFIG_KEY = "config.json"
-CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-CACHE_DIR = "/tmp/kubetune-serve"
-SERVER_CONTAINER = "server"
-PORT_NAME = "http"
 RUN_AS_UID = 65532
 RESTART_HASH_ANNOTATION = "kubetune.dev/restart-hash"
+__all__ = ["CONFIG_KEY", "RESTART_HASH_ANNOTATION", "ServeMeta", "build_children"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +51,8 @@ def storage_settings(spec: ModelServeSpec, config: OperatorConfig) -> dict:
     return {key: value for key, value in settings.items() if value is not None}
 
 
-def server_config(spec: ModelServeSpec, config: OperatorConfig, adapters: list[Resolution]) -> dict:
-    """The server's config.json: only resolved adapters, in spec order."""
+def agent_config(spec: ModelServeSpec, config: OperatorConfig, adapters: list[Resolution]) -> dict:
+    """The adapter agent's config.json: only resolved adapters, in spec order."""
     served = []
     for adapter in adapters:
         if adapter.resolved:
@@ -68,14 +63,13 @@ def server_config(spec: ModelServeSpec, config: OperatorConfig, adapters: list[R
     return {
         "baseModel": spec.base_model.to_wire(),
         "adapters": served,
-        "maxAdaptersInMemory": spec.max_adapters_in_memory,
-        "limits": spec.limits.to_wire(),
+        "maxLoraRank": spec.vllm.max_lora_rank,
         "storage": storage_settings(spec, config),
     }
 
 
 def restart_hash(spec: ModelServeSpec, config: OperatorConfig) -> str:
-    """Hash of the config.json parts the running server cannot apply in place."""
+    """Hash of the config.json parts a running vLLM cannot take in place."""
     document = {"baseModel": spec.base_model.to_wire(), "storage": storage_settings(spec, config)}
     blob = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -85,8 +79,8 @@ def build_configmap(
     meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig, adapters: list[Resolution]
 ) -> dict:
     """Sorted, indented JSON so equal inputs give byte-equal data (no needless patches,
-    no needless reload in the server, which compares the file's bytes)."""
-    document = json.dumps(server_config(spec, config, adapters), sort_keys=True, indent=2)
+    no needless reload in the agent, which compares the file's bytes)."""
+    document = json.dumps(agent_config(spec, config, adapters), sort_keys=True, indent=2)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -95,67 +89,15 @@ def build_configmap(
     }
 
 
-def server_command(spec: ModelServeSpec) -> list[str]:
-    return [
-        "python",
-        "-m",
-        "kubetune.workers.serve",
-        "--config",
-        CONFIG_PATH,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(spec.port),
-        "--cache-dir",
-        CACHE_DIR,
-    ]
-
-
-def _container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
-    env = [
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        *storage_env(spec.storage, config),
-    ]
-    return {
-        "name": SERVER_CONTAINER,
-        "image": spec.image or config.images.server,
-        "imagePullPolicy": spec.image_pull_policy or config.images.pull_policy,
-        "command": server_command(spec),
-        "env": env,
-        "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
-        # Ready once the base and every listed adapter reached Loaded or Failed (see the
-        # server's app.py); /healthz answers from the first second, even while loading.
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": PORT_NAME},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": PORT_NAME},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
-        "resources": container_resources(spec),
-        "securityContext": container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-
-
 def pod_template(meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig) -> dict:
     profile = config.spot_profile()
     capacity = "spot" if spec.resources.spot else "on-demand"
+    init_containers, main_containers = containers(spec, config)
     pod_spec = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        # vLLM finishes the requests it is decoding before it exits.
+        "terminationGracePeriodSeconds": 60,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_UID,
@@ -163,17 +105,9 @@ def pod_template(meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig) 
             "fsGroup": RUN_AS_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec, config)],
-        "volumes": [
-            {
-                "name": "config",
-                "configMap": {
-                    "name": naming.config_name(meta.name),
-                    "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
-                },
-            },
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        "initContainers": init_containers,
+        "containers": main_containers,
+        "volumes": volumes(spec, naming.config_name(meta.name)),
     }
     account = service_account_name(spec.storage)
     if account:
@@ -181,11 +115,16 @@ def pod_template(meta: ServeMeta, spec: ModelServeSpec, config: OperatorConfig) 
     place(pod_spec, spec, profile, capacity, capacity_field="spec.resources.spot")
     pod_labels = {**naming.labels(meta.name, naming.COMPONENT_SERVER)}
     pod_labels["kubetune.dev/capacity-type"] = capacity
+    annotations = {
+        RESTART_HASH_ANNOTATION: restart_hash(spec, config),
+        # `kubectl logs` without -c shows vLLM; Prometheus scrapes vLLM's /metrics.
+        "kubectl.kubernetes.io/default-container": main_containers[0]["name"],
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.port),
+        "prometheus.io/path": "/metrics",
+    }
     return {
-        "metadata": {
-            "labels": pod_labels,
-            "annotations": {RESTART_HASH_ANNOTATION: restart_hash(spec, config)},
-        },
+        "metadata": {"labels": pod_labels, "annotations": annotations},
         "spec": pod_spec,
     }
 
@@ -220,8 +159,11 @@ def build_service(meta: ServeMeta, spec: ModelServeSpec) -> dict:
         "spec": {
             "type": "ClusterIP",
             "selector": naming.selector(meta.name),
+            # vLLM's API and metrics; the agent's adapter states and metrics.
             "ports": [
-                {"name": PORT_NAME, "port": spec.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+                {"name": PORT_NAME, "port": spec.port, "targetPort": PORT_NAME, "protocol": "TCP"},
+                {"name": AGENT_PORT_NAME, "port": AGENT_PORT, "targetPort": AGENT_PORT_NAME,
+                 "protocol": "TCP"},
             ],
         },
     }

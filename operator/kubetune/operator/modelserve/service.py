@@ -2,7 +2,8 @@
 
 One entry point (`reconcile`) serves create, resume, update, the periodic timer and the
 FineTuneJob watch, so every path converges the same way. All Kubernetes I/O goes
-through `kube.Kube`; pod answers come from each ready pod's GET /v1/adapters. Calls for
+through `kube.Kube`; pod answers come from each ready pod's adapter agent (GET
+/v1/adapters on the agent's port: what it verified and loaded into vLLM). Calls for
 the same ModelServe are serialised in-process: the timer and a FineTuneJob event may
 fire together, and two interleaved reconciles would write flapping status.
 """
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from kubetune.api import MODELSERVE, ModelServeSpec, SpecError, parse_spec
+from kubetune.api.modelserve import AGENT_PORT
 
 from ..conditions import status_patch
 from ..config import OperatorConfig
@@ -50,8 +52,8 @@ def pod_ready(pod: Mapping) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def ask_pod(pod: Mapping, port: int, timeout: float = POD_TIMEOUT) -> PodReport:
-    """GET /v1/adapters of one pod; a pod that does not answer reports nothing."""
+def ask_pod(pod: Mapping, port: int = AGENT_PORT, timeout: float = POD_TIMEOUT) -> PodReport:
+    """GET /v1/adapters of one pod's agent; a pod that does not answer reports nothing."""
     name = pod["metadata"]["name"]
     ready = pod_ready(pod)
     ip = (pod.get("status") or {}).get("podIP")
@@ -66,7 +68,7 @@ def ask_pod(pod: Mapping, port: int, timeout: float = POD_TIMEOUT) -> PodReport:
         return PodReport(name, ready, None, str(exc))
 
 
-def ask_pods(pods: list[Mapping], port: int) -> list[PodReport]:
+def ask_pods(pods: list[Mapping], port: int = AGENT_PORT) -> list[PodReport]:
     if not pods:
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
@@ -129,7 +131,7 @@ class ServeService:
             self._delete_owned(PDBS, naming.server_name(meta.name), meta)
         deployment = self.kube.get(DEPLOYMENTS, naming.server_name(meta.name), meta.namespace)
         pods = self.kube.list(PODS, meta.namespace, naming.selector(meta.name))
-        observed = Observed(generation, spec.replicas, deployment, self.probe(pods, spec.port))
+        observed = Observed(generation, spec.replicas, deployment, self.probe(pods, AGENT_PORT))
         status = compute_status(resolutions, observed, endpoint(meta, spec), old_status,
                                 self.clock())
         self._write_status(meta, old_status, status)

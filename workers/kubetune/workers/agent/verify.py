@@ -3,7 +3,9 @@
 A bad adapter must fail alone with a message a user can act on, so each check raises
 AdapterRejected with the reason, before peft sees the files: peft would otherwise fail
 half-way through injecting layers (leaving the model altered), or unpickle a .bin file,
-which runs arbitrary code.
+which runs arbitrary code. The agent runs these before vLLM sees an adapter; vLLM's own
+checks come after (and would fail later, with less to say). Only safetensors headers are
+read (framework="numpy"): the agent image has no torch.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ class AdapterRejected(ValueError):
     """The adapter cannot be served here; the message says why."""
 
 
-def check_files(directory: Path, expected_sha256: str | None) -> tuple[Manifest, str]:
+def check_files(
+    directory: Path, expected_sha256: str | None, only_listed: bool = False
+) -> tuple[Manifest, str]:
     """manifest.json present and pinned (when the spec pins it); every file matches it;
-    no pickle anywhere, listed or not. Returns the manifest and its own sha256."""
+    no pickle anywhere, listed or not; with `only_listed`, no file the manifest does not
+    vouch for (vLLM reads more than the weights from an adapter's folder). Returns the
+    manifest and its own sha256."""
     names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     if pickled:
@@ -56,6 +62,11 @@ def check_files(directory: Path, expected_sha256: str | None) -> tuple[Manifest,
     for required in (WEIGHTS_NAME, CONFIG_NAME):
         if required not in manifest.files:
             raise AdapterRejected(f"{required} is missing from the adapter")
+    unlisted = [n for n in names if n != MANIFEST_NAME and n not in manifest.files]
+    if only_listed and unlisted:
+        raise AdapterRejected(
+            f"files not listed in manifest.json (so not verified): {', '.join(unlisted)}"
+        )
     return manifest, actual
 
 
@@ -88,15 +99,31 @@ def read_adapter_config(directory: Path) -> dict:
     return config
 
 
-def tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes from the safetensors header alone (no tensor is materialised)."""
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from a safetensors header alone (no tensor is materialised, no torch)."""
     from safetensors import safe_open
 
+    with safe_open(str(path), framework="numpy") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+
+def tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     try:
-        with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        return header_shapes(directory / WEIGHTS_NAME)
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise AdapterRejected(f"{WEIGHTS_NAME} is not a valid safetensors file: {exc}") from exc
+
+
+def check_rank(config: dict, max_rank: int) -> None:
+    """vLLM sizes its LoRA buffers for --max-lora-rank and refuses larger adapters; say so
+    here, in the user's terms, before the adapter reaches vLLM."""
+    ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
+    highest = max(r for r in ranks if isinstance(r, int))
+    if highest > max_rank:
+        raise AdapterRejected(
+            f"LoRA rank {highest} exceeds this server's maxLoraRank {max_rank}: retrain with "
+            f"r <= {max_rank} or raise maxLoraRank"
+        )
 
 
 def check_shapes(
@@ -140,11 +167,15 @@ def verify_adapter(
     expected_sha256: str | None,
     served_uri: str,
     base_linears: dict[str, tuple[int, int]],
+    max_rank: int | None = None,
+    only_listed: bool = False,
 ) -> tuple[Manifest, str]:
     """All checks, cheapest first. Returns the manifest and its sha256 (the identity)."""
-    manifest, identity = check_files(directory, expected_sha256)
+    manifest, identity = check_files(directory, expected_sha256, only_listed)
     config = read_adapter_config(directory)
     check_base_identity(manifest, config, served_uri)
+    if max_rank is not None:
+        check_rank(config, max_rank)
     rank = config["r"]
     method_rank = manifest.method.get("rank")
     if method_rank is not None and method_rank != rank:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from kubetune.workers.manifest import MANIFEST_NAME, Manifest, describe_files, sha256_bytes
-from kubetune.workers.serve.verify import AdapterRejected, verify_adapter
+from kubetune.workers.agent.verify import AdapterRejected, verify_adapter
 from safetensors.torch import save_file
 
 SERVED = "s3://bucket/models/tiny"
@@ -112,7 +112,7 @@ def test_manifest_rank_must_match_adapter_config(tmp_path):
 
 
 def test_with_a_rank_pattern_a_and_b_must_still_agree(tmp_path):
-    from kubetune.workers.serve.verify import check_shapes
+    from kubetune.workers.agent.verify import check_shapes
 
     good = {
         KEY.format("self_attn.q_proj", "A"): (6, 64),
