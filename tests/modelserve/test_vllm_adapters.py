@@ -150,3 +150,27 @@ def test_hot_load_unload_and_refusals_in_one_running_pod(
     assert vllm_models(pod) == {"tiny", "good-2", "good-3"}  # no bad adapter reached vLLM
     assert complete(pod, "good-2") == answers["good-2"]
     complete(pod, "good-3")
+
+    # What LoRA-aware routers and Prometheus read: vLLM's metrics on the Service's http
+    # port, the agent's on its own.
+    vllm_metrics = scrape(pod, PORT)
+    for family in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                   "vllm:lora_requests_info"):
+        assert family in vllm_metrics, family
+    agent_metrics = scrape(pod, 8081)
+    assert agent_metrics["kubetune_agent_adapters"]["Failed"] == 4
+    assert agent_metrics["kubetune_agent_adapters"]["Loaded"] == 2
+
+
+def scrape(pod: dict, port: int) -> dict[str, dict[str, float]]:
+    """Metric families by name, each {first label value: sample value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/metrics",
+                                timeout=10) as answer:
+        text = answer.read().decode()
+    families = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = {
+            next(iter(s.labels.values()), ""): s.value for s in family.samples}
+    return families
