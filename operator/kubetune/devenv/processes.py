@@ -31,17 +31,19 @@ def start_child(argv: list[str], log_path: Path, env: dict[str, str] | None = No
 
 
 def stop_child(process: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM to the process group, SIGKILL after `grace` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+    """SIGTERM to the process group, SIGKILL after `grace` seconds; then SIGKILL to what
+    is left of the group, since the leader may exit before its children (vLLM's engine
+    processes outlived its API server so), and a stopped container leaves nothing."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    kill_group(process)
 
 
 def kill_group(process: subprocess.Popen) -> None:
