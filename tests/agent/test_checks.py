@@ -65,7 +65,7 @@ def test_shapes_checked_against_the_headers_catch_another_base(tmp_path, tiny_mo
     shapes; the headers of the served base are enough to refuse it."""
     from kubetune.devenv.tinymodel import TinyModelConfig, tiny_model_dir
 
-    other = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64))
+    other = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64, pretrain_steps=0))
     sha = make_adapter(other, tmp_path / "other", seed=3, base_uri=SERVED)
     with pytest.raises(AdapterRejected, match="made for a different base model"):
         verify_adapter(tmp_path / "other", sha, SERVED, base_linears(tiny_model_path), 16)

@@ -27,9 +27,9 @@ def test_tiny_model_is_a_llama_that_loads_and_generates(tiny_model_path):
 def test_tiny_model_is_cached_and_rebuilt_per_config(tmp_path):
     from kubetune.devenv.tinymodel import TinyModelConfig, tiny_model_dir
 
-    first = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64), cache_dir=tmp_path)
-    again = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64), cache_dir=tmp_path)
-    other = tiny_model_dir(TinyModelConfig(hidden_size=64), cache_dir=tmp_path)
+    first = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64, pretrain_steps=0), cache_dir=tmp_path)
+    again = tiny_model_dir(TinyModelConfig(hidden_size=32, intermediate_size=64, pretrain_steps=0), cache_dir=tmp_path)
+    other = tiny_model_dir(TinyModelConfig(hidden_size=64, pretrain_steps=0), cache_dir=tmp_path)
     assert first == again and first != other
     assert json.loads((first / "config.json").read_text())["hidden_size"] == 32
     assert not list(tmp_path.glob(".building-*")), "no half-built model is left behind"

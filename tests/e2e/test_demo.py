@@ -45,8 +45,11 @@ def test_demo_trains_recovers_from_a_preemption_serves_and_cleans_up(repo):
     assert summary["lostSteps"] == 0
     assert re.fullmatch(r"[0-9a-f]{64}", summary["adapterSha256"])
     assert summary["adapterUri"].startswith("s3://kubetune/adapters/demo/support-bot-v1/adapter")
-    assert "chat completion from adapter 'support-bot-v1' through vLLM 0.32.0" in output
+    assert "through vLLM 0.32.0: base" in output
     assert summary["servedBy"] == "vLLM 0.32.0"
     assert summary["hotLoadedWithoutRestart"] is True
+    # The base never saw the task; the adapter learned it (held-out inputs, greedy).
+    assert summary["exactMatchBase"] <= 0.1, summary
+    assert summary["exactMatchAdapter"] >= 0.9, summary
     workdir = re.search(r"workdir (\S+)", output).group(1)
     assert processes_inside(workdir) == [], "the demo left processes behind"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from . import spot
+from . import digittasks, spot
 from .kubeapi import FINETUNEJOBS, MODELSERVES, PODS
 from .stack import REPO, EmbeddedStack
 from .tinymodel import tiny_model_dir
@@ -48,9 +48,7 @@ def demo_finetunejob(model_dir: Path, max_steps: int) -> dict:
     body["metadata"] = {"name": JOB, "namespace": NAMESPACE}
     spec = body["spec"]
     spec["baseModel"] = {"uri": f"file://{model_dir}"}
-    spec["dataset"] = {"uri": f"file://{REPO / 'examples/data/tiny-alpaca.jsonl'}", "format": "alpaca",
-                       "evalFraction": 0.1}
-    spec["method"]["lora"]["targetModules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    spec["dataset"] = {"uri": f"file://{digittasks.DATASET}", "format": "alpaca", "evalFraction": 0.1}
     spec["method"]["quantization"]["computeDtype"] = "float32"
     spec["training"] = {"maxSteps": max_steps, "learningRate": 0.003, "scheduler": "constant",
                         "batchSize": 8, "maxSeqLength": 64, "seed": 42}
@@ -148,22 +146,45 @@ def restarts(pod: dict) -> int:
     return sum(int(c.get("restartCount") or 0) for c in statuses)
 
 
-def chat(stack: EmbeddedStack, prompt: str) -> tuple[str, float, str]:
-    """(answer, seconds, vLLM's version) through the official openai client."""
+def served(stack: EmbeddedStack) -> tuple[str, str]:
+    """(base URL of the serve pod's OpenAI API, vLLM's version)."""
     import urllib.request
-
-    from openai import OpenAI
 
     ip = serve_pod(stack)["status"]["podIP"]
     port = demo_modelserve(Path("/")).get("spec", {}).get("port", 8000)
     with urllib.request.urlopen(f"http://{ip}:{port}/version", timeout=10) as answer:
         version = json.loads(answer.read()).get("version", "?")
-    client = OpenAI(base_url=f"http://{ip}:{port}/v1", api_key="unused", max_retries=0)
-    start = time.monotonic()
-    answer = client.chat.completions.create(
-        model=JOB, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0,
-    )
-    return answer.choices[0].message.content, time.monotonic() - start, version
+    return f"http://{ip}:{port}/v1", version
+
+
+def client_for(base_url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def answer(client, model: str, row: dict) -> str:
+    """The greedy completion of the row's alpaca prompt (the format the job trained on)."""
+    from kubetune.workers.train.data import ALPACA_PROMPT_WITH_INPUT
+
+    completion = client.completions.create(model=model, prompt=ALPACA_PROMPT_WITH_INPUT.format(**row),
+                                           max_tokens=12, temperature=0)
+    return completion.choices[0].text.strip()
+
+
+def exact_match(client, model: str, rows: list[dict]) -> float:
+    """Share of held-out rows answered exactly; all in flight at once, as vLLM batches them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return sum(pool.map(lambda row: answer(client, model, row) == row["output"], rows)) / len(rows)
+
+
+def held_out(count: int) -> list[dict]:
+    """Task rows whose inputs the training file does not hold."""
+    trained = {json.loads(line)["input"] for line in digittasks.DATASET.read_text().splitlines()}
+    return [r for r in digittasks.task_rows(count + len(trained), seed=2026)
+            if r["input"] not in trained][:count]
 
 
 def run(max_steps: int, timeout: float) -> int:
@@ -201,12 +222,19 @@ def run(max_steps: int, timeout: float) -> int:
         say(f"adapter {JOB!r} hot-loaded into vLLM in pod {pod['metadata']['name']}, started "
             f"{(succeeded_at - pod_started).total_seconds():.0f} s before the job succeeded, "
             f"{restarts(pod)} container restarts; kubectl get ms: {serving.get('adaptersDisplay')} adapters loaded")
-        prompt = "Add the numbers. 3 and 4"
-        answer, latency, version = chat(stack, prompt)
-        say(f"chat completion from adapter {JOB!r} through vLLM {version}: {prompt!r} -> {answer!r} "
-            f"({latency * 1000:.0f} ms)")
-        say("(a 2-layer randomly initialised model after a minute of training: the text is not meant to "
-            "be sensible; the point is the path apply -> train -> preempt -> resume -> adapter -> serve)")
+        base_url, version = served(stack)
+        client, rows = client_for(base_url), held_out(100)
+        base_name = demo_modelserve(Path("/"))["spec"]["baseModel"]["servedName"]
+        start = time.monotonic()
+        base_score = exact_match(client, base_name, rows)
+        adapter_score = exact_match(client, JOB, rows)
+        latency = (time.monotonic() - start) / (2 * len(rows))
+        say(f"exact match on {len(rows)} held-out inputs of {digittasks.TASK_INSTRUCTION!r} through vLLM "
+            f"{version}: base {base_score:.0%}, adapter {JOB!r} {adapter_score:.0%}")
+        example = rows[0]
+        got = answer(client, JOB, example)
+        say(f"completion from adapter {JOB!r}: {example['input']!r} -> {got!r} "
+            f"({'right' if got == example['output'] else 'wrong, the answer is ' + repr(example['output'])})")
         progress = status.get("progress") or {}
         adapter = status.get("adapter") or {}
         summary = {
@@ -214,6 +242,7 @@ def run(max_steps: int, timeout: float) -> int:
             "recoveries": status.get("recoveries"), "errorRetries": status.get("errorRetries"),
             "lostSteps": status.get("lostSteps"), "adapterUri": adapter.get("uri"), "adapterSha256": adapter.get("sha256"),
             "servedBy": f"vLLM {version}", "hotLoadedWithoutRestart": same_pod,
+            "exactMatchBase": base_score, "exactMatchAdapter": adapter_score,
             "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
         }
         say("summary:\n" + json.dumps(summary, indent=2))
