@@ -18,10 +18,22 @@ def test_tiny_model_is_a_llama_that_loads_and_generates(tiny_model_path):
         [{"role": "user", "content": "What colour is a lime?"}], tokenize=False, add_generation_prompt=True
     )
     assert prompt.endswith("<|assistant|>\n")
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[1] == ids["input_ids"].shape[1] + 4
+
+    # Pre-trained to repeat digit strings, and blank on the task the demo fine-tunes.
+    from kubetune.devenv.digittasks import task_rows
+    from kubetune.workers.train.data import ALPACA_PROMPT_WITH_INPUT
+
+    def greedy(instruction: str, digits: str) -> str:
+        prompt = ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=digits)
+        ids = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=10, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    rows = task_rows(20, seed=99)
+    assert [greedy("Repeat the digits.", r["input"]) for r in rows] == [r["input"] for r in rows]
+    assert sum(greedy(r["instruction"], r["input"]) == r["output"] for r in rows) == 0
 
 
 def test_tiny_model_is_cached_and_rebuilt_per_config(tmp_path):
