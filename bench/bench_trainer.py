@@ -3,10 +3,14 @@
 Prints:
   * step time of kubetune's trainer (in-process loop, and under Ray TorchTrainer) versus a
     plain transformers+peft loop doing the same QLoRA steps on the same batch shape;
-  * checkpoint time as a share of training time (periodic checkpoints to S3 on loopback);
+  * the share of training time the loop is blocked by periodic checkpoints (to S3 on
+    loopback), measured side by side: checkpoints uploaded in the background (the
+    default: the loop waits for the snapshot on local disk only) and with
+    --sync-checkpoints (the loop waits for each upload, as the trainer used to), their
+    ratio, and the background upload time (which the loop no longer waits for);
   * time from restart to the first resumed step after a SIGTERM (process start -> step done).
 
-Usage: .venv/bin/python bench/bench_trainer.py [--steps 48] [--no-ray]
+Usage: .venv/bin/python bench/bench_trainer.py [--steps 48] [--interval 8] [--no-ray]
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ def spec(model_dir: Path, name: str, steps: int, interval: int) -> dict:
     }
 
 
-def start_trainer(body: dict, env: dict, workdir: Path, ray: bool, tag: str):
+def start_trainer(body: dict, env: dict, workdir: Path, ray: bool, tag: str,
+                  extra: tuple[str, ...] = ()):
     from kubetune.devenv.s3 import free_port
 
     path = workdir / f"{tag}.json"
     path.write_text(json.dumps(body))
     port = free_port()
     args = [sys.executable, "-m", "kubetune.workers.train", "--spec", str(path),
-            "--status-port", str(port), "--termination-log", str(workdir / f"{tag}.term")]
+            "--status-port", str(port), "--termination-log", str(workdir / f"{tag}.term"), *extra]
     if not ray:
         args.append("--no-ray")
     log = open(workdir / f"{tag}.log", "w")
@@ -112,6 +117,16 @@ def plain_loop_seconds_per_step(model_dir: Path, steps: int) -> float:
     return (time.perf_counter() - began) / steps
 
 
+def full_run(model_dir: Path, env: dict, workdir: Path, ray: bool, steps: int, interval: int,
+             sync: bool) -> dict:
+    tag = ("ray" if ray else "local") + ("-sync" if sync else "")
+    proc, _ = start_trainer(spec(model_dir, f"full-{tag}", steps, interval), env, workdir, ray,
+                            f"full-{tag}", ("--sync-checkpoints",) if sync else ())
+    code, full = finish(proc, workdir, f"full-{tag}")
+    assert code == 0, full
+    return full
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=48)
@@ -131,17 +146,13 @@ def main() -> None:
         s3.client().create_bucket(Bucket="bench")
         env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1"}
         plain = plain_loop_seconds_per_step(model_dir, args.steps)
-        rows = [("plain transformers+peft loop", plain, None, None)]
+        results = []
         modes = [("kubetune in-process loop", False)] + ([] if args.no_ray else
                                                          [("kubetune under Ray TorchTrainer", True)])
         for label, ray in modes:
             tag = "ray" if ray else "local"
-            proc, _ = start_trainer(spec(model_dir, f"full-{tag}", args.steps, args.interval),
-                                    env, workdir, ray, f"full-{tag}")
-            code, full = finish(proc, workdir, f"full-{tag}")
-            assert code == 0, full
-            per_step = full["trainSeconds"] / full["steps"]
-            share = full["checkpointSeconds"] / full["trainSeconds"]
+            background = full_run(model_dir, env, workdir, ray, args.steps, args.interval, False)
+            synchronous = full_run(model_dir, env, workdir, ray, args.steps, args.interval, True)
             # preempt half-way, then time the restart up to its first resumed step
             body = spec(model_dir, f"resume-{tag}", args.steps, args.interval)
             proc, port = start_trainer(body, env, workdir, ray, f"cut-{tag}")
@@ -152,20 +163,40 @@ def main() -> None:
             proc, _ = start_trainer(body, env, workdir, ray, f"resume-{tag}")
             code, resumed = finish(proc, workdir, f"resume-{tag}")
             assert code == 0, resumed
-            rows.append((label, per_step, share, (resumed["firstStepSeconds"], cut)))
+            results.append((label, background, synchronous, cut, resumed))
+    report(args, plain, results)
+
+
+def share(run: dict) -> float:
+    """Seconds the loop was blocked by checkpoints per second of training."""
+    return run["checkpointSeconds"] / run["trainSeconds"]
+
+
+def report(args, plain: float, results: list) -> None:
+    checkpoints = (args.steps - 1) // args.interval
     print(f"\nTiny Llama (hidden 64, 2 layers), QLoRA NF4 r={RANK}, batch {BATCH} x seq {SEQ}, "
-          f"{args.steps} steps, checkpoint every {args.interval}, 1 CPU thread\n")
-    print(f"{'':34} {'s/step':>8} {'x plain':>8} {'ckpt share':>11} {'restart->1st step':>18}")
-    for label, per_step, share, resume in rows:
-        ratio = per_step / plain
-        print(f"{label:34} {per_step:8.4f} {ratio:8.2f} "
-              f"{'' if share is None else f'{share:10.1%}':>11} "
-              f"{'' if resume is None else f'{resume[0]:16.1f} s':>18}")
-        if resume:
-            cut = resume[1]
-            print(f"{'':34}   (SIGTERM at step {cut['steps']}: checkpoint + exit "
-                  f"{cut['secondsAfterSigterm']:.1f} s after the signal, lost steps "
-                  f"{cut['steps'] - cut['checkpoint']['step']})")
+          f"{args.steps} steps, checkpoint every {args.interval} ({checkpoints} checkpoints), "
+          f"1 CPU thread\n")
+    print(f"{'':44} {'s/step':>8} {'x plain':>8} {'ckpt share':>11} {'upload s':>9} "
+          f"{'steps+ckpt s':>13} {'restart->1st step':>18}")
+    print(f"{'plain transformers+peft loop':44} {plain:8.4f} {1.0:8.2f}")
+    for label, background, synchronous, cut, resumed in results:
+        for how, run in (("background uploads", background),
+                         ("--sync-checkpoints", synchronous)):
+            per_step = run["trainSeconds"] / run["steps"]
+            first = f"{resumed['firstStepSeconds']:16.1f} s" if run is background else ""
+            wall = run["trainSeconds"] + run["checkpointSeconds"]
+            print(f"{label + ', ' + how:44} {per_step:8.4f} {per_step / plain:8.2f} "
+                  f"{share(run):10.1%} {run['checkpointUploadSeconds']:9.2f} {wall:13.2f} "
+                  f"{first:>18}")
+        print(f"{'':44}   checkpoint share synchronous / background: "
+              f"{share(synchronous) / share(background):.1f}x (target: background <= 5%)")
+        print(f"{'':44}   (SIGTERM at step {cut['steps']}: checkpoint + exit "
+              f"{cut['secondsAfterSigterm']:.1f} s after the signal, lost steps "
+              f"{cut['steps'] - cut['checkpoint']['step']})")
+    print("\n(ckpt share: time the loop was blocked by checkpoints / time in steps; upload s:\n"
+          " the background uploads, which the loop does not wait for, but which share this\n"
+          " machine's CPUs with the steps and with the S3 server; steps+ckpt s: the\n time in steps plus the time blocked)")
 
 
 if __name__ == "__main__":

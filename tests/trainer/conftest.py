@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from trainer_support import BUCKET, PYTHON, REPO, adapter_tensors, job_spec
+from trainer_support import (BUCKET, MARK_ENV, PYTHON, REPO, ProcessWatch, adapter_tensors,
+                             job_spec, marked_processes)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +48,8 @@ class TrainerProcess:
     status_port: int
     termination_log: Path
     log_path: Path
+    mark: str = ""
+    watch: ProcessWatch | None = field(default=None, repr=False)
 
     def progress(self) -> dict | None:
         try:
@@ -79,6 +85,24 @@ class TrainerProcess:
         summary = json.loads(self.termination_log.read_text())
         return code, summary
 
+    def stop(self, timeout: float = 240.0) -> tuple[int, dict, float]:
+        """SIGTERM, then (exit code, summary, seconds from the signal to the exit)."""
+        signalled = self.sigterm()
+        code, summary = self.wait(timeout)
+        return code, summary, time.time() - signalled
+
+    def assert_nothing_left(self) -> None:
+        """No process the trainer started outlives it: none of its descendants seen while
+        it ran, and no process carrying its environment mark (Ray's included); nor does
+        its scratch folder (model downloads, snapshots) when it exited by itself."""
+        assert self.proc.poll() is not None, "the trainer is still running"
+        survivors = self.watch.survivors() if self.watch else []
+        marked = marked_processes(self.mark)
+        assert survivors == [] and marked == [], (survivors, marked, self.log_tail())
+        if self.proc.returncode >= 0:
+            scratch = list(Path(tempfile.gettempdir()).glob(f"kubetune-trainer-{self.proc.pid}-*"))
+            assert scratch == [], scratch
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -91,23 +115,24 @@ def start_trainer(tmp_path, s3):
     started: list[TrainerProcess] = []
 
     def start(body: dict, *, ray: bool = False, endpoint: str | None = None,
-              tag: str = "run") -> TrainerProcess:
+              tag: str = "run", extra: tuple[str, ...] = ()) -> TrainerProcess:
         spec_path = tmp_path / f"{tag}-spec.json"
         spec_path.write_text(json.dumps(body))
         port = free_port()
         term = tmp_path / f"{tag}-termination.json"
         log_path = tmp_path / f"{tag}.log"
+        mark = uuid.uuid4().hex
         env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_HUB_OFFLINE": "1", "RAY_DISABLE_USAGE_STATS": "1"}
+               "HF_HUB_OFFLINE": "1", "RAY_DISABLE_USAGE_STATS": "1", MARK_ENV: mark}
         if endpoint:
             env["AWS_ENDPOINT_URL"] = endpoint
         args = [PYTHON, "-m", "kubetune.workers.train", "--spec", str(spec_path),
-                "--status-port", str(port), "--termination-log", str(term)]
+                "--status-port", str(port), "--termination-log", str(term), *extra]
         if not ray:
             args.append("--no-ray")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        process = TrainerProcess(proc, port, term, log_path)
+        process = TrainerProcess(proc, port, term, log_path, mark, ProcessWatch(proc.pid))
         started.append(process)
         return process
 
@@ -116,6 +141,10 @@ def start_trainer(tmp_path, s3):
         if process.proc.poll() is None:
             process.proc.kill()
             process.proc.wait()
+        for pid in marked_processes(process.mark):  # a failed test must not leave Ray behind
+            os.kill(pid, signal.SIGKILL)
+        for scratch in Path(tempfile.gettempdir()).glob(f"kubetune-trainer-{process.proc.pid}-*"):
+            shutil.rmtree(scratch, ignore_errors=True)  # a trainer killed outright leaves it
 
 
 @pytest.fixture(scope="session")

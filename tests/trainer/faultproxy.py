@@ -1,9 +1,12 @@
 """A fault-injecting HTTP proxy in front of the moto S3 server, on loopback.
 
 The trainer talks real HTTP to it exactly as to S3; rules pick requests by method and
-key substring and answer them with an S3 503 SlowDown, a dropped connection, or a delay
-(optionally calling back, e.g. to send SIGTERM while an upload is in flight). Every
-other request is forwarded unchanged to moto.
+key substring and answer them with an S3 503 SlowDown, a dropped connection, a delay,
+a hold until the test releases it ("hold": the request waits on `release`), or forward
+them and call `after` once moto has answered but before the trainer hears the answer
+("after": e.g. kill the trainer right after its manifest landed). `on_hit` is called
+(in a thread) when a rule fires, e.g. to send SIGTERM while an upload is in flight.
+Every other request is forwarded unchanged to moto.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ SLOW_DOWN = (
 class Rule:
     method: str
     key_part: str
-    action: str  # "503", "reset" or "delay"
+    action: str  # "503", "reset", "delay", "hold" or "after"
     times: int = 1  # how many matching requests to hit; -1 = all
     delay: float = 0.0
     on_hit: object = None  # callable run (in a thread) when the rule fires
+    after: object = None  # "after": callable run once moto answered, before relaying it
+    release: threading.Event = field(default_factory=threading.Event)  # ends a "hold"
     hits: int = 0
+    hit: threading.Event = field(default_factory=threading.Event)  # set at the first hit
 
     def matches(self, method: str, path: str) -> bool:
         live = self.times < 0 or self.hits < self.times
@@ -70,6 +76,7 @@ class FaultProxy:
                 rule = next((r for r in proxy.rules if r.matches(self.command, self.path)), None)
                 if rule is not None:
                     rule.hits += 1
+                    rule.hit.set()
                     proxy.log.append((self.command, self.path, rule.action))
                     if rule.on_hit is not None:
                         threading.Thread(target=rule.on_hit, daemon=True).start()
@@ -84,12 +91,14 @@ class FaultProxy:
                         self.end_headers()
                         self.wfile.write(SLOW_DOWN)
                         return
+                    if rule.action == "hold":
+                        rule.release.wait(120)
                     time.sleep(rule.delay)
                 else:
                     proxy.log.append((self.command, self.path, "forward"))
-                self._forward(body)
+                self._forward(body, rule.after if rule is not None else None)
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, after=None) -> None:
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 headers["Host"] = target.netloc
@@ -102,6 +111,8 @@ class FaultProxy:
                     conn.send(body)
                 response = conn.getresponse()
                 data = response.read()
+                if after is not None:
+                    after()
                 self.send_response(response.status, response.reason)
                 for k, v in response.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection"):

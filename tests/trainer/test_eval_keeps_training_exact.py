@@ -23,7 +23,7 @@ def test_evaluate_leaves_4bit_layers_and_training_numerics_unchanged(tiny_model)
     from kubetune.api import FineTuneJobSpec, parse_spec
     from kubetune.workers.train import data as datamod
     from kubetune.workers.train import modeling
-    from kubetune.workers.train.loop import evaluate, seed_everything
+    from kubetune.workers.train.steps import evaluate, seed_everything
 
     spec = parse_spec(FineTuneJobSpec, job_spec(tiny_model, "eval-exact")["spec"])
     cpu = torch.device("cpu")

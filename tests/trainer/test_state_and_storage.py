@@ -1,5 +1,5 @@
 """Checkpoint state round-trips without pickle; publishing writes manifest.json last;
-resume picks the newest checkpoint that verifies."""
+resume picks the newest checkpoint that verifies, and pruning keeps it."""
 
 from __future__ import annotations
 
@@ -98,5 +98,6 @@ def test_latest_checkpoint_skips_a_corrupt_or_incomplete_one(tmp_path, s3):
     step, prefix = storage.latest_checkpoint(client, location, tmp_path / "resume")
     assert step == 8 and str(prefix).endswith("checkpoints/step-000000008")
     assert json.loads((tmp_path / "resume" / "trainer_state.json").read_text()) == {"step": 8}
-    storage.prune_checkpoints(client, location, keep=1)
-    assert storage.checkpoint_steps(client, location) == [12]
+    # retention keeps what resume verified (8) and what it cannot judge (12); 4 goes
+    assert storage.prune_checkpoints(client, location, keep=1, known_good=[step]) == [4]
+    assert storage.checkpoint_steps(client, location) == [12, 8]

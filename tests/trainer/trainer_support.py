@@ -7,7 +7,9 @@ conftest` finds depends on what else pytest collected.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,3 +71,80 @@ def assert_identical_adapter(left: dict, right: dict) -> None:
         assert left[key].dtype == right[key].dtype, key
         assert torch.equal(left[key], right[key]), (
             key, float((left[key].double() - right[key].double()).abs().max()))
+
+
+# processes ----------------------------------------------------------------------------
+
+MARK_ENV = "KUBETUNE_TEST_MARK"  # set on each trainer; every process it starts inherits it
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time) of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Running (not a zombie) and, when `started` is given, the same process as then."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and started in (None, stat[2])
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Live processes other than this one whose environment holds MARK_ENV=mark."""
+    wanted = f"{MARK_ENV}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class ProcessWatch:
+    """Samples the descendants of `root` (by parent pid, through /proc) while it runs,
+    remembering each with its start time, so that after `root` exits one can ask which
+    of them are still alive. Every 0.1 s is enough: the trainer is a subreaper, so an
+    orphan is re-parented to it and stays in its tree until it is ended."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[int, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        table = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                stat = proc_stat(int(entry.name))
+                if stat is not None:
+                    table[int(entry.name)] = stat
+        queue = [self.root]
+        while queue:
+            parent = queue.pop()
+            for pid, (_, ppid, started) in table.items():
+                if ppid == parent and pid not in queue:
+                    self.seen.setdefault(pid, started)
+                    queue.append(pid)
+
+    def _run(self) -> None:
+        while not self._done.wait(0.1):
+            if not alive(self.root):
+                return
+            self._sample()
+
+    def survivors(self) -> list[int]:
+        self._done.set()
+        self._thread.join()
+        return [pid for pid, started in self.seen.items() if alive(pid, started)]

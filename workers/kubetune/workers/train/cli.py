@@ -1,9 +1,9 @@
 """Command line of the trainer pod, exit codes and the termination message.
 
-Exit 0: adapter written. Exit 75 (EX_TEMPFAIL): preempted, checkpoint saved — the
-operator counts it as a recovery, not an error. Anything else: an error, with a JSON
-summary naming the cause in --termination-log (Kubernetes shows it as the container's
-termination message).
+Exit 0: adapter written. Exit 75 (EX_TEMPFAIL): preempted — a SIGTERM at any moment,
+with the newest checkpoint in storage named — the operator counts it as a recovery, not
+an error. Anything else: an error, with a JSON summary naming the cause in
+--termination-log (Kubernetes shows it as the container's termination message).
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from .control import JobControl
-from .errors import TrainerError
+from .errors import TrainerError, error_message
+from .supervisor import AttemptThread, StopNotice, supervise
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75
 TERMINATION_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+REAP_GRACE_SECONDS = 0.5
 
 log = logging.getLogger("kubetune.train")
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Where the exit summary (JSON) is written.")
     parser.add_argument("--no-ray", action="store_true",
                         help="Run the loop in this process (one worker; local runs and tests).")
+    parser.add_argument("--sync-checkpoints", action="store_true",
+                        help="Wait for each checkpoint upload at the step boundary instead of "
+                        "uploading in the background (to measure what that costs).")
     return parser.parse_args(argv)
 
 
@@ -66,72 +70,87 @@ def write_termination(path: Path, body: dict) -> None:
         log.warning("cannot write termination log %s: %s", path, exc)
 
 
-def install_sigterm(clock: dict) -> None:
-    """SIGTERM (the spot notice) becomes a stop request; the loop finishes its step,
-    checkpoints and exits 75. Installed first thing so a notice during start-up is kept;
-    the handler only records it and hands it to a thread (no remote calls in a handler)."""
-    import threading
+def make_attempt(args: argparse.Namespace, job, started: float, board: JobControl):
+    """In this process (--no-ray), or Ray's driver in a child process (see `driver`)."""
+    if args.no_ray:
+        from .runner import InProcessRun
 
-    def handler(signum, frame) -> None:
-        if "sigterm" not in clock:
-            clock["sigterm"] = time.time()
-            control = clock.get("control")
-            if isinstance(control, JobControl):
-                control.request_stop()  # an Event.set: safe here, and seen at once
-            elif control is not None:
-                threading.Thread(target=control.request_stop, daemon=True).start()
+        return InProcessRun(job, started, board, args.sync_checkpoints)
+    from .driver import DriverProcess
 
-    signal.signal(signal.SIGTERM, handler)
+    return DriverProcess(job, started, board, args.ray_address, args.sync_checkpoints)
 
 
-def attach_control(clock: dict, control) -> None:
-    """From now on SIGTERM reaches `control`; a notice that came earlier is passed on."""
-    clock["control"] = control
-    install_sigterm(clock)  # again: ray.init may have replaced the handler
-    if "sigterm" in clock:
-        control.request_stop()
+def run_attempt(job, attempt) -> dict:
+    """An adapter this job already published ends the attempt before anything starts."""
+    from .published import finished_adapter
+
+    done = finished_adapter(job)
+    return done if done is not None else attempt.run()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, notice: StopNotice | None = None) -> int:
     started = time.time()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    clock: dict = {}
-    install_sigterm(clock)
-    run = None
+    notice = notice or StopNotice()
+    previous = notice.install()
+    board = JobControl()
+    server = None
     try:
-        from .jobfile import load_job
-        from .runner import InProcessRun, RayRun
+        if args.status_port >= 0:  # first, so that /progress answers "Starting" at once
+            from .progress import serve_progress
 
-        from .published import finished_adapter
+            server = serve_progress(board.snapshot, args.status_port, stop=board.request_stop,
+                                    token=os.environ.get("RAY_AUTH_TOKEN"))
+        from .jobfile import load_job
 
         job = load_job(args.spec, args.namespace, args.job)
-        done = finished_adapter(job)
-        if done is not None:
-            code, body = summary(done)
-        else:
-            run = InProcessRun(job, started) if args.no_ray else RayRun(job, started, args.ray_address)
-            attach_control(clock, run.control)
-            if args.status_port >= 0:
-                from .progress import serve_progress
-
-                serve_progress(run.control.snapshot, args.status_port,
-                               stop=run.control.request_stop,
-                               token=os.environ.get("RAY_AUTH_TOKEN"))
-            code, body = summary(run.run())
+        attempt = make_attempt(args, job, started, board)
+        runner = AttemptThread(lambda: run_attempt(job, attempt)).start()
+        outcome = supervise(attempt, runner, board, notice, job.spec.spot.checkpoint_budget_seconds)
+        code, body = summary(outcome)
     except TrainerError as exc:
         code, body = EXIT_ERROR, {"result": "Failed", "message": str(exc)}
     except Exception as exc:  # the message is the user's only clue: keep the cause
-        from .loop import error_message
-
         log.exception("trainer failed")
         code, body = EXIT_ERROR, {"result": "Failed", "message": error_message(exc)}
     finally:
-        if run is not None:
-            run.close()
-    if "sigterm" in clock:
-        body["secondsAfterSigterm"] = round(time.time() - clock["sigterm"], 3)
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+    if notice.at is not None:
+        body["secondsAfterSigterm"] = round(time.time() - notice.at, 3)
     write_termination(args.termination_log, body)
     log.info("exit %d: %s", code, json.dumps(body, default=str)[:500])
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     return code
+
+
+def run_as_process(sigterms: list[float]) -> None:
+    """`python -m kubetune.workers.train`: main(), then every process it started ended and
+    its scratch folder removed, then exit at once (an attempt thread still inside Ray or
+    a model load is not waited for: the summary is written and the budget is what
+    matters)."""
+    import shutil
+    import tempfile
+
+    from . import procs
+    from .loop import SCRATCH_ENV
+
+    procs.become_subreaper()
+    scratch = tempfile.mkdtemp(prefix=f"kubetune-trainer-{os.getpid()}-")
+    os.environ[SCRATCH_ENV] = scratch  # the loop's workdir goes in it, here and in Ray's workers
+    code = main(notice=StopNotice(sigterms))
+    ended = procs.end_descendants(grace=REAP_GRACE_SECONDS)
+    if ended:
+        log.info("ended %d leftover processes: %s", len(ended), ended[:20])
+    shutil.rmtree(scratch, ignore_errors=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

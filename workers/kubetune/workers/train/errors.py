@@ -15,3 +15,10 @@ class DatasetError(TrainerError):
 
 class ModelSourceError(TrainerError):
     """The base model cannot be found or loaded."""
+
+
+def error_message(exc: BaseException) -> str:
+    """A one-line cause for the termination message; TrainerErrors already name it."""
+    if isinstance(exc, TrainerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:1000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,3 +50,8 @@ def load_job(path: Path, namespace: str | None = None, name: str | None = None) 
     except SpecError as exc:
         raise TrainerError(f"spec file {path}: {exc}") from None
     return Job(namespace, name, metadata.get("uid"), body["spec"], spec)
+
+
+def spec_fingerprint(spec_wire: dict) -> str:
+    """sha256 of the spec as given: names a job's inputs when it has no uid."""
+    return hashlib.sha256(json.dumps(spec_wire, sort_keys=True).encode()).hexdigest()

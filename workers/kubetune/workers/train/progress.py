@@ -63,6 +63,7 @@ def serve_progress(snapshot, port: int, host: str | None = None,
     bind = host or os.environ.get("POD_IP") or "0.0.0.0"
     server = ThreadingHTTPServer((bind, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="progress-http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                     name="progress-http", daemon=True).start()
     log.info("progress served on http://%s:%d/progress", bind, server.server_address[1])
     return server

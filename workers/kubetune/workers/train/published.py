@@ -1,11 +1,14 @@
 """An adapter this very job already published: then there is nothing left to train.
 
 A trainer can finish while its pod is being taken away (a spot notice in its last
-seconds): it exits 0, the kubelet deletes the pod at once, and the operator, seeing only
+seconds), or be killed right after its manifest landed, and the operator, seeing only
 that the pod is gone, starts another attempt. That attempt must not train the job again
-from the start (its checkpoints were deleted on success): the adapter's manifest is the
-completion marker, so when the manifest at the job's adapter path names this job's uid
-and every file it lists is there, the trainer reports that adapter and exits 0.
+(from its last checkpoint, or from the start if they were deleted on success): the
+adapter's manifest is the completion marker, so when the manifest at the job's adapter
+path was written by this job and every file it lists is there, the trainer reports that
+adapter and exits 0. "This job" is its uid when both the job and the manifest have one
+(another job of the same name has another uid); a job run without one (a spec file
+written by hand) is recognised by its namespace, name and the sha256 of its spec.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 
 from ..manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_bytes
 from ..objectstore import exists, get_bytes, make_client
+from .jobfile import spec_fingerprint
 from .storage import JobLocation
 
 log = logging.getLogger("kubetune.train")
@@ -21,8 +25,6 @@ log = logging.getLogger("kubetune.train")
 
 def finished_adapter(job) -> dict | None:
     """The completed outcome recorded by the adapter manifest of `job`, or None."""
-    if not job.uid:
-        return None
     location = JobLocation(job.spec.output.uri, job.namespace, job.name)
     client = make_client(job.spec.output.endpoint, job.spec.output.region)
     marker = location.adapter.join(MANIFEST_NAME)
@@ -34,7 +36,7 @@ def finished_adapter(job) -> dict | None:
     except ManifestError as exc:
         log.warning("ignoring %s: %s", marker, exc)
         return None
-    if manifest.kind != "adapter" or manifest.job.get("uid") != job.uid:
+    if manifest.kind != "adapter" or not written_by(manifest.job, job):
         return None  # another job's (an earlier one of the same name) or not an adapter
     if not all(exists(client, location.adapter.join(name)) for name in manifest.files):
         return None
@@ -43,3 +45,11 @@ def finished_adapter(job) -> dict | None:
             **manifest.metrics, "alreadyPublished": True,
             "adapter": {"uri": str(location.adapter), "sha256": sha256_bytes(raw),
                         "sizeBytes": sum(m["size"] for m in manifest.files.values())}}
+
+
+def written_by(recorded: dict, job) -> bool:
+    """Whether the manifest's job record names `job` (see the module docstring)."""
+    if recorded.get("uid") and job.uid:
+        return recorded["uid"] == job.uid
+    return (recorded.get("namespace") == job.namespace and recorded.get("name") == job.name
+            and recorded.get("specSha256") == spec_fingerprint(job.spec_wire))

@@ -71,15 +71,14 @@ class RayHead:
                 self.proc.wait()
 
 
-def wait_for_nodes(ray, expected: int, control, timeout: float) -> bool:
-    """Wait until `expected` Ray nodes are alive; False if a stop was requested first."""
+def wait_for_nodes(ray, expected: int, stopped, timeout: float) -> bool:
+    """Wait until `expected` Ray nodes are alive; False if `stopped()` came true first."""
     deadline = time.time() + timeout
-    control.update({"phase": "WaitingForWorkers"})
     while True:
         alive = sum(1 for node in ray.nodes() if node.get("Alive"))
         if alive >= expected:
             return True
-        if control.stop_requested():
+        if stopped():
             return False
         if time.time() > deadline:
             raise TrainerError(

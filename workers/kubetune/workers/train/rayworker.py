@@ -112,4 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from . import procs
+
+    procs.become_subreaper()  # Ray's workers and agents on this node end with the pod's command
+    code = main()
+    procs.end_descendants(grace=1.0)
+    sys.exit(code)

@@ -1,26 +1,35 @@
 """How the loop is launched: Ray Train TorchTrainer (production) or in this process.
 
-Both paths give the loop the same config and a JobControl; the driver keeps that
-control, serves /progress from it and turns SIGTERM into `request_stop()`.
+Both run on the attempt thread the CLI starts (see `supervisor`), never on the main
+thread: ray.init installs its own SIGTERM handler (exit 15, no summary) only when
+called there, and a main thread blocked inside Ray's C++ waits runs no Python signal
+handler. The driver's `board` (a plain JobControl) is what GET /progress serves and
+what SIGTERM sets; under Ray a mirror thread copies the control actor's progress and
+outcome to it and passes a stop on, so the HTTP thread never calls Ray (after the run,
+a Ray call would start a new Ray session) and the board outlives Ray.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from . import rayhead
 from .control import JobControl, actor_name, start_control_actor
+from .jobfile import spec_fingerprint
 from .loop import train_loop
 
 log = logging.getLogger("kubetune.train")
 WAIT_FOR_WORKERS_SECONDS = 900.0
+MIRROR_SECONDS = 0.1
 
 
-def loop_config(job, started_at: float, control_kind: str) -> dict:
+def loop_config(job, started_at: float, control_kind: str, sync_checkpoints: bool) -> dict:
     spec = job.spec
     return {
         "spec": job.spec_wire,
+        "specSha256": spec_fingerprint(job.spec_wire),
         "namespace": job.namespace,
         "job": job.name,
         "uid": job.uid,
@@ -28,57 +37,100 @@ def loop_config(job, started_at: float, control_kind: str) -> dict:
         "control": control_kind,
         "controlActor": actor_name(job.namespace, job.name),
         "useGpu": spec.resources.gpus_per_worker > 0,
+        "syncCheckpoints": sync_checkpoints,
     }
 
 
-class InProcessRun:
-    """The loop on this thread; the stop flag is a plain Event the signal handler sets."""
+def not_started(progress: dict) -> dict:
+    """The outcome of an attempt stopped before its first step: nothing trained, nothing
+    lost; it reports the checkpoint it resumed from, if it got that far."""
+    saved = progress.get("lastCheckpoint")
+    return {"status": "preempted", "steps": saved["step"] if saved else None,
+            "checkpoint": saved, "wroteCheckpoint": False,
+            "stoppedIn": progress.get("phase")}
 
-    def __init__(self, job, started_at: float) -> None:
-        self.control = JobControl()
-        self.config = loop_config(job, started_at, "local")
+
+class InProcessRun:
+    """The loop on the attempt thread, using the driver's board as its control."""
+
+    def __init__(self, job, started_at: float, board: JobControl,
+                 sync_checkpoints: bool = False) -> None:
+        self.board = board
+        self.config = loop_config(job, started_at, "local", sync_checkpoints)
 
     def run(self) -> dict:
-        return train_loop(self.config, self.control)
+        return train_loop(self.config, self.board)
 
-    def close(self) -> None:
-        pass
+    def abandon(self, timeout: float) -> bool | None:
+        return self.board.abandon()
 
 
 class RayRun:
-    """TorchTrainer over spec.resources.workers; joins `address` or starts a local Ray."""
+    """TorchTrainer over spec.resources.workers; joins `address`, the head this pod starts
+    (multi-pod jobs), or a local Ray it starts itself."""
 
-    def __init__(self, job, started_at: float, address: str | None) -> None:
-        import ray
-
-        self.head = None
-        head_port = os.environ.get(rayhead.HEAD_PORT_ENV)
-        if address is None and head_port:
-            self.head = rayhead.RayHead(int(head_port))
-            try:
-                self.head.connect(ray)
-            except BaseException:
-                self.head.stop()
-                raise
-        else:
-            ray.init(address=address, namespace="kubetune", log_to_driver=True,
-                     include_dashboard=False, configure_logging=False)
+    def __init__(self, job, started_at: float, board: JobControl, address: str | None,
+                 sync_checkpoints: bool = False) -> None:
         self.job = job
-        self.config = loop_config(job, started_at, "ray")
-        self.control = start_control_actor(self.config["controlActor"])
+        self.board = board
+        self.address = address
+        self.config = loop_config(job, started_at, "ray", sync_checkpoints)
+        self.head = None
+        self._lock = threading.Lock()
+        self._remote = None
+        self._abandoned = False
+
+    def abandon(self, timeout: float) -> bool | None:
+        """True unless training has begun; None when the actor did not answer in time."""
+        with self._lock:
+            if self._remote is None:
+                self._abandoned = True
+                return True
+            remote = self._remote
+        try:
+            return remote.abandon(timeout)
+        except Exception as exc:  # a timeout, or Ray going away: ask again
+            log.info("control actor did not answer abandon: %s", exc)
+            return None
 
     def run(self) -> dict:
+        import ray
+
+        try:
+            self.connect(ray)
+            with self._lock:
+                if self._abandoned:
+                    return not_started(self.board.snapshot())
+                self._remote = start_control_actor(self.config["controlActor"])
+            mirror = Mirror(self._remote, self.board)
+            mirror.start()
+            try:
+                return self.fit(ray)
+            finally:
+                mirror.close()
+        finally:
+            self.close(ray)
+
+    def connect(self, ray) -> None:
+        head_port = os.environ.get(rayhead.HEAD_PORT_ENV)
+        if self.address is None and head_port:
+            self.head = rayhead.RayHead(int(head_port))
+            self.head.connect(ray)
+        else:
+            ray.init(address=self.address, namespace="kubetune", log_to_driver=True,
+                     include_dashboard=False, configure_logging=False)
+
+    def fit(self, ray) -> dict:
         import torch
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        import ray
-
         worker_pods = int(os.environ.get(rayhead.WORKER_PODS_ENV) or 0)
-        if worker_pods and not rayhead.wait_for_nodes(ray, 1 + worker_pods, self.control,
-                                                      WAIT_FOR_WORKERS_SECONDS):
-            return {"status": "preempted", "steps": 0, "checkpoint": None,
-                    "wroteCheckpoint": False}
+        if worker_pods:
+            self._remote.update({"phase": "WaitingForWorkers"})
+            if not rayhead.wait_for_nodes(ray, 1 + worker_pods, self.board.stop_requested,
+                                          WAIT_FOR_WORKERS_SECONDS):
+                return not_started(self.board.snapshot())
         resources = self.job.spec.resources
         use_gpu = resources.gpus_per_worker > 0 and torch.cuda.is_available()
         trainer = TorchTrainer(
@@ -97,20 +149,61 @@ class RayRun:
         try:
             trainer.fit()
         except Exception as exc:
-            reported = self.control.outcome()
+            reported = self._remote.outcome()
             message = reported["message"] if reported else _root_message(exc)
             raise WorkerFailure(message) from exc
-        outcome = self.control.outcome()
+        outcome = self._remote.outcome()
         if outcome is None:
             raise WorkerFailure("training workers exited without reporting an outcome")
         return outcome
 
-    def close(self) -> None:
-        import ray
-
-        ray.shutdown()
+    def close(self, ray) -> None:
+        """On the attempt thread: the processes a local ray.init started die with it."""
+        if ray.is_initialized():
+            ray.shutdown()
         if self.head is not None:
-            self.head.stop()
+            self.head.stop(timeout=2.0)
+
+
+class Mirror:
+    """Copies the control actor's progress and outcome to the driver's board every
+    MIRROR_SECONDS and passes the board's stop on at once."""
+
+    def __init__(self, remote, board: JobControl) -> None:
+        self.remote = remote
+        self.board = board
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-mirror", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        forwarded = False
+        while not self._done.is_set():
+            stop = self.board.stop_requested() and not forwarded
+            answered = self.sync(stop)
+            forwarded = forwarded or (stop and answered)
+            if forwarded:
+                self._done.wait(MIRROR_SECONDS)
+            else:
+                self.board.wait_for_stop(MIRROR_SECONDS)
+
+    def sync(self, stop: bool) -> bool:
+        try:
+            answer = self.remote.exchange(stop, timeout=5.0)
+        except Exception as exc:
+            log.debug("progress mirror: %s", exc)
+            return False
+        self.board.replace_progress(answer["progress"])
+        if answer["outcome"] is not None:
+            self.board.finish(answer["outcome"])
+        return True
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        self.sync(stop=False)  # the final progress and outcome
 
 
 class WorkerFailure(RuntimeError):

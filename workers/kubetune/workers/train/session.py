@@ -1,8 +1,12 @@
 """One attempt of a fine-tune on one worker: load, resume, train, checkpoint, publish.
 
-Split from `loop` so each phase is a short method; the order of phases is the contract:
-a stop request is honoured only between optimizer steps, after which a checkpoint is
-uploaded (manifest last) before the attempt reports "preempted".
+The order of phases is the contract. Until the loop's first step, a stop ends the
+attempt at once (`control.begin_training` / `abandon`: nothing was trained, so nothing
+is lost). After it, a stop is honoured between optimizer steps: the state is
+snapshotted, the upload in flight and this one are waited for (manifest last), and only
+then does the attempt report "preempted" with that checkpoint. Periodic checkpoints
+upload in the background (`checkpointing`); the adapter is published only after every
+checkpoint upload has ended, so a failed one fails the run instead of going unnoticed.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import time
 from pathlib import Path
 
 from ..manifest import Manifest
-from ..objectstore import make_client
+from ..objectstore import delete_prefix, make_client
 from . import data as datamod
 from . import modeling, sources, state, storage
-from .loop import LOSS_WINDOW, RunState, evaluate, seed_everything, train_step
+from .checkpointing import CheckpointWriter
+from .steps import LOSS_WINDOW, RunState, evaluate, seed_everything, train_step
 
 log = logging.getLogger("kubetune.train")
 KEEP_CHECKPOINTS = 2
@@ -36,8 +41,8 @@ class TrainingSession:
         )
         self.started = config.get("startedAt") or time.time()
         self.run_state = RunState()
-        self.timings = {"checkpointSeconds": 0.0, "trainSeconds": 0.0, "firstStepSeconds": None}
-        self.last_checkpoint: dict | None = None
+        self.timings = {"trainSeconds": 0.0, "firstStepSeconds": None}
+        self.writer: CheckpointWriter | None = None
         self._last_log = 0.0
         self._steps_this_attempt = 0
 
@@ -54,22 +59,28 @@ class TrainingSession:
         self.report(phase="Loading")
         self.prepare()
         resumed = self.resume()
-        if self.stop_now():
-            return self.preempted(wrote_checkpoint=False)
-        if not resumed and self.eval_examples:
+        self.writer = CheckpointWriter(
+            self.client, self.location, self.workdir, KEEP_CHECKPOINTS, resumed,
+            on_commit=lambda saved: self.report(lastCheckpoint=saved),
+            synchronous=bool(self.config.get("syncCheckpoints")))
+        if resumed is None and self.eval_examples and not self.stop_now():
             self.run_state.initial_eval_loss = self.evaluate()
             self.report(evalLoss=self.run_state.initial_eval_loss)
+        if not self.begin_training():
+            return self.preempted(wrote_checkpoint=False)
         self.report(phase="Training")
+        interval = self.spec.spot.checkpoint_interval_steps
         while self.run_state.step < self.total_steps:
             self.step_once()
+            if self.worker.is_chief:
+                self.writer.raise_if_failed()
             step = self.run_state.step
-            if step % self.spec.spot.checkpoint_interval_steps == 0 and step < self.total_steps:
-                self.run_state.eval_loss = self.evaluate()
-                self.checkpoint()
             if self.stop_now():
-                if self.last_checkpoint is None or self.last_checkpoint["step"] != step:
-                    self.checkpoint()
-                return self.preempted(wrote_checkpoint=True)
+                return self.stop_with_checkpoint()
+            if step % interval == 0 and step < self.total_steps:
+                self.run_state.eval_loss = self.evaluate()
+                self.report(evalLoss=self.run_state.eval_loss)
+                self.checkpoint()
         return self.finish()
 
     def prepare(self) -> None:
@@ -105,11 +116,11 @@ class TrainingSession:
         self.scheduler = modeling.make_scheduler(self.optimizer, training, self.total_steps)
         self.report(totalSteps=self.total_steps, step=0, epoch=0.0)
 
-    def resume(self) -> bool:
-        """Continue from the newest verified checkpoint, if any; True when resumed."""
+    def resume(self) -> dict | None:
+        """Continue from the newest verified checkpoint, if any: its {"step", "uri"}."""
         found = storage.latest_checkpoint(self.client(), self.location, self.workdir / "resume")
         if found is None:
-            return False
+            return None
         step, prefix = found
         body = state.load_training_state(self.workdir / "resume", self.model, self.optimizer,
                                          self.scheduler)
@@ -118,14 +129,17 @@ class TrainingSession:
             raise ValueError(
                 f"checkpoint {prefix}: trainer_state step {self.run_state.step} != {step}"
             )
-        self.last_checkpoint = {"step": step, "uri": str(prefix)}
-        self.report(step=step, lastCheckpoint=self.last_checkpoint,
-                    evalLoss=self.run_state.eval_loss)
+        resumed = {"step": step, "uri": str(prefix)}
+        self.report(step=step, lastCheckpoint=resumed, evalLoss=self.run_state.eval_loss)
         log.info("resumed from %s (step %d of %d)", prefix, step, self.total_steps)
-        return True
+        return resumed
 
     def stop_now(self) -> bool:
         return self.worker.agree(self.worker.is_chief and self.control.stop_requested())
+
+    def begin_training(self) -> bool:
+        """Rank 0 takes the start-of-training latch; every rank follows its answer."""
+        return self.worker.agree(not self.worker.is_chief or self.control.begin_training())
 
     def step_once(self) -> None:
         began = time.time()
@@ -156,34 +170,41 @@ class TrainingSession:
                         self.spec.training.batch_size, self.worker.device)
 
     def checkpoint(self) -> None:
-        """Rank 0 writes and uploads the state; other ranks wait so none runs ahead."""
-        began = time.time()
+        """Rank 0 snapshots the state and starts its upload; the others wait for the
+        snapshot only, so none runs ahead of the state being saved."""
         if self.worker.is_chief:
-            self.report(phase="Checkpointing")
-            step = self.run_state.step
-            local = self.workdir / f"checkpoint-{step}"
-            state.save_training_state(local, self.model, self.optimizer, self.scheduler,
-                                      self.run_state.to_json(self.order))
-            manifest = Manifest(kind="checkpoint", step=step, base_model=self.base_model_ref(),
-                                method=self.method_ref(), training=self.training_ref(),
-                                metrics=self.metrics())
-            published = storage.publish_directory(self.client(), local,
-                                                  self.location.checkpoint(step), manifest)
-            self.last_checkpoint = {"step": step, "uri": published.uri}
-            storage.prune_checkpoints(self.client(), self.location, KEEP_CHECKPOINTS)
-            self.report(phase="Training", lastCheckpoint=self.last_checkpoint,
-                        evalLoss=self.run_state.eval_loss)
-            log.info("checkpoint step %d -> %s", step, published.uri)
-        else:
-            self.last_checkpoint = {"step": self.run_state.step, "uri": None}
+            self.snapshot()
         self.worker.barrier()
-        self.timings["checkpointSeconds"] += time.time() - began
+
+    def snapshot(self) -> None:
+        step = self.run_state.step
+        manifest = Manifest(kind="checkpoint", step=step, base_model=self.base_model_ref(),
+                            method=self.method_ref(), training=self.training_ref(),
+                            metrics=self.metrics())
+        trainer_state = self.run_state.to_json(self.order)
+        self.writer.save(step, lambda local: state.save_training_state(
+            local, self.model, self.optimizer, self.scheduler, trainer_state), manifest)
+
+    def stop_with_checkpoint(self) -> dict:
+        """The stop path: snapshot this step unless it is the one just saved, then wait
+        until it (and the upload before it) is in storage."""
+        self.report(phase="Checkpointing")
+        if self.worker.is_chief:
+            if self.writer.snapshot_step != self.run_state.step:
+                self.snapshot()
+            self.writer.wait()
+            self.writer.raise_if_failed()
+        self.worker.barrier()
+        return self.preempted(wrote_checkpoint=True)
 
     def finish(self) -> dict:
         """Final eval, then the adapter + tokenizer published with manifest.json last."""
         self.run_state.eval_loss = self.evaluate()
+        if self.worker.is_chief:
+            self.writer.wait()
+            self.writer.raise_if_failed()
         outcome = {"status": "completed", "steps": self.run_state.step,
-                   "totalSteps": self.total_steps, **self.metrics(), **self.timings}
+                   "totalSteps": self.total_steps, **self.metrics(), **self.all_timings()}
         if self.worker.is_chief:
             self.report(phase="Publishing", evalLoss=self.run_state.eval_loss)
             local = self.workdir / "adapter"
@@ -194,12 +215,11 @@ class TrainingSession:
                                 base_model=self.base_model_ref(), method=self.method_ref(),
                                 training=self.training_ref(), metrics=self.metrics(),
                                 job={"namespace": self.config["namespace"],
-                                     "name": self.config["job"], "uid": self.config.get("uid")})
+                                     "name": self.config["job"], "uid": self.config.get("uid"),
+                                     "specSha256": self.config.get("specSha256")})
             published = storage.publish_directory(self.client(), local, self.location.adapter,
                                                   manifest)
             if self.spec.retention.checkpoints == "DeleteOnSuccess":
-                from ..objectstore import delete_prefix
-
                 delete_prefix(self.client(), self.location.checkpoints)
             outcome["adapter"] = {"uri": published.uri, "sha256": published.manifest_sha256,
                                   "sizeBytes": published.size_bytes}
@@ -209,10 +229,18 @@ class TrainingSession:
 
     def preempted(self, wrote_checkpoint: bool) -> dict:
         self.report(phase="Preempted")
+        saved = self.writer.committed if self.writer else None
         return {"status": "preempted", "steps": self.run_state.step,
                 "totalSteps": getattr(self, "total_steps", None),
-                "checkpoint": self.last_checkpoint, "wroteCheckpoint": wrote_checkpoint,
-                **self.timings}
+                "checkpoint": saved, "wroteCheckpoint": wrote_checkpoint,
+                **self.all_timings()}
+
+    def all_timings(self) -> dict:
+        """Time the loop was blocked by checkpoints apart from their background uploads."""
+        writer = self.writer
+        return {**self.timings,
+                "checkpointSeconds": writer.blocked_seconds if writer else 0.0,
+                "checkpointUploadSeconds": writer.upload_seconds if writer else 0.0}
 
     # manifest contents ---------------------------------------------------------------
 
@@ -233,4 +261,3 @@ class TrainingSession:
         rs = self.run_state
         return {"trainLoss": rs.train_loss, "evalLoss": rs.eval_loss,
                 "initialEvalLoss": rs.initial_eval_loss, "steps": rs.step, "tokens": rs.tokens}
-

@@ -91,10 +91,23 @@ def rng_from_files(directory: Path) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
 
 
+def adapter_to_files(model, directory: Path) -> None:
+    """The adapter's weights and config. peft's save_pretrained also writes a model card
+    and took about 15 ms where this takes 4 (tiny model): three quarters of the time the
+    loop is blocked for a snapshot."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    weights = {name: value.detach().to("cpu").contiguous()
+               for name, value in get_peft_model_state_dict(model).items()}
+    save_file(weights, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    model.peft_config["default"].save_pretrained(str(directory))
+
+
 def save_training_state(directory: Path, model, optimizer, scheduler, trainer_state: dict) -> None:
     """Everything needed to continue bit-for-bit: adapter, optimizer, schedule, RNG, position."""
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    adapter_to_files(model, directory)
     optimizer_to_files(optimizer, directory)
     _write_json(directory / SCHEDULER_JSON, scheduler.state_dict())
     rng_to_files(directory)

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..manifest import MANIFEST_NAME, Manifest, ManifestError, describe_files, sha256_bytes
 from ..manifest import verify_directory
 from ..objectstore import ObjectStoreError, S3Uri, get_bytes, list_keys, put_bytes, upload_file
-from ..objectstore import with_retries
+from ..objectstore import delete_prefix, with_retries
+from .retention import checkpoints_to_delete
 
 log = logging.getLogger("kubetune.train")
 STEP_DIR = re.compile(r"^step-(\d{9})$")
@@ -128,12 +129,20 @@ def latest_checkpoint(client, location: JobLocation, dest: Path) -> tuple[int, S
     return None
 
 
-def prune_checkpoints(client, location: JobLocation, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (manifest first, then files)."""
-    from ..objectstore import delete_prefix
+def delete_checkpoint(client, location: JobLocation, step: int) -> None:
+    """Manifest first, so a half-deleted checkpoint is invisible rather than corrupt."""
+    prefix = location.checkpoint(step)
+    marker = prefix.join(MANIFEST_NAME)
+    with_retries(lambda: client.delete_object(Bucket=marker.bucket, Key=marker.key),
+                 f"delete {marker}")
+    delete_prefix(client, prefix)
 
-    for step in checkpoint_steps(client, location)[keep:]:
-        prefix = location.checkpoint(step)
-        marker = prefix.join(MANIFEST_NAME)
-        client.delete_object(Bucket=marker.bucket, Key=marker.key)
-        delete_prefix(client, prefix)
+
+def prune_checkpoints(client, location: JobLocation, keep: int,
+                      known_good: list[int]) -> list[int]:
+    """Delete the checkpoints older than the newest `keep` known-good ones (see
+    `retention`); returns the steps deleted."""
+    doomed = checkpoints_to_delete(checkpoint_steps(client, location), known_good, keep)
+    for step in doomed:
+        delete_checkpoint(client, location, step)
+    return doomed
