@@ -59,11 +59,15 @@ def project_environment() -> ImageEnvironment:
 
 @functools.lru_cache(maxsize=32)
 def virtualenv_environment(venv: str) -> ImageEnvironment:
-    """A virtualenv folder as an image (scanned once: a vLLM virtualenv has many files)."""
+    """A virtualenv folder as an image (scanned once: a vLLM virtualenv has many files).
+
+    The checkout stays visible too, as in every image here: the embedded environment's
+    models live in it, and a file:// base is a path "in the image" for vLLM as well (a
+    checkout under /tmp vanished under the pod's /tmp emptyDir without this)."""
     prefix = Path(venv).resolve()
     if not (prefix / "bin" / "python").exists():
         raise RuntimeError(f"{venv} is not a virtualenv: it has no bin/python")
-    paths = {str(prefix), *_linked_paths(prefix)}
+    paths = {str(REPO), str(prefix), *_linked_paths(prefix)}
     home = _pyvenv_home(prefix)
     if home is not None:
         paths.add(str(home.resolve().parent))  # the base interpreter's installation
