@@ -152,12 +152,25 @@ def vllm_container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
     }
 
 
+def _kubetune_image(config: OperatorConfig) -> dict:
+    """The agent image, for both the sidecar and the base fetch."""
+    return {"image": config.images.agent, "imagePullPolicy": config.images.pull_policy}
+
+
+def _object_store_env(spec: ModelServeSpec, config: OperatorConfig) -> list[dict]:
+    return [*_writable_env(), *storage_env(spec.storage, config)]
+
+
+def _config_and_tmp_mounts() -> list[dict]:
+    return [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"}]
+
+
 def agent_container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
     """A native sidecar: an init container that keeps running (restartPolicy Always)."""
     return {
         "name": AGENT_CONTAINER,
-        "image": config.images.agent,
-        "imagePullPolicy": config.images.pull_policy,
+        **_kubetune_image(config),
         "restartPolicy": "Always",
         "command": [
             "python", "-m", "kubetune.workers.agent", "run",
@@ -168,7 +181,7 @@ def agent_container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
             "--host", "0.0.0.0",
             "--port", str(AGENT_PORT),
         ],
-        "env": [*_writable_env(), *storage_env(spec.storage, config)],
+        "env": _object_store_env(spec, config),
         "ports": [{"name": AGENT_PORT_NAME, "containerPort": AGENT_PORT, "protocol": "TCP"}],
         # Ready once vLLM is up and every listed adapter is Loaded or Failed: a failed
         # adapter does not hold the others back (the agent's /readyz).
@@ -182,11 +195,7 @@ def agent_container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
         },
         "resources": _fixed(AGENT_RESOURCES),
         "securityContext": container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-            *_model_mounts(spec, read_only=False),
-        ],
+        "volumeMounts": [*_config_and_tmp_mounts(), *_model_mounts(spec, read_only=False)],
     }
 
 
@@ -194,19 +203,14 @@ def fetch_container(spec: ModelServeSpec, config: OperatorConfig) -> dict:
     """Downloads and verifies an s3:// base before vLLM may read it."""
     return {
         "name": FETCH_CONTAINER,
-        "image": config.images.agent,
-        "imagePullPolicy": config.images.pull_policy,
+        **_kubetune_image(config),
         "command": ["python", "-m", "kubetune.workers.agent", "fetch-base",
                     "--config", CONFIG_PATH, "--dest", BASE_DIR],
-        "env": [*_writable_env(), *storage_env(spec.storage, config)],
+        "env": _object_store_env(spec, config),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": _fixed(FETCH_RESOURCES),
         "securityContext": container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "models", "mountPath": MODELS_DIR},
-        ],
+        "volumeMounts": [*_config_and_tmp_mounts(), {"name": "models", "mountPath": MODELS_DIR}],
     }
 
 
