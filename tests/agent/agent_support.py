@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubetune.devenv.s3 import free_port
+from polling import wait_for  # noqa: F401 (the agent tests import it from here)
 
 BUCKET = "kubetune-agent"
 BASE_URI = f"s3://{BUCKET}/models/tiny"
@@ -29,17 +30,6 @@ def http(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def wait_for(predicate, what: str, timeout: float, describe=lambda: "", interval: float = 0.2):
-    """Poll until `predicate()` is truthy; fail with `describe()` (a log tail) on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{describe()}")
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -98,7 +88,7 @@ class AgentProcess:
             except OSError:
                 return None
 
-        return wait_for(checked, what, timeout, self.log)
+        return wait_for(checked, what, timeout, on_timeout=self.log)
 
     def wait_settled(self, expected: dict[str, str], timeout: float = 120.0) -> dict[str, dict]:
         """Until exactly these adapters are listed, each in its expected state."""
@@ -179,7 +169,8 @@ class VllmProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
-        wait_for(self._healthy, "vLLM's /health", 300, lambda: _tail(self.log_path), 0.5)
+        wait_for(self._healthy, "vLLM's /health", 300, interval=0.5,
+                 on_timeout=lambda: _tail(self.log_path))
         self.start_seconds = time.monotonic() - started
         return self
 

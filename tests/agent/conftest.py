@@ -93,7 +93,8 @@ def vllm(tmp_path_factory, tiny_model_path):
 
     python = VENV / "bin" / "python"
     if not python.exists():
-        pytest.skip(f"no vLLM virtualenv at {VENV} (python -m kubetune.devenv.vllmenv build)")
+        pytest.fail(f"no vLLM virtualenv at {VENV}: the bootstrap builds it "
+                    "(python -m kubetune.devenv.vllmenv build)")
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
     server = VllmProcess(python, tiny_model_path, log_path).start()
     print(f"\nvLLM started in {server.start_seconds:.1f}s, RSS {server.rss_bytes() / 2**30:.2f} GiB")

@@ -6,11 +6,11 @@ namespace, as a real API server wants them."""
 from __future__ import annotations
 
 import base64
-import time
 
 from kubetune.devenv.kubeapi import MODELSERVES, PODS, KubeHttp, Resource
 from kubetune.devenv.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from kubetune.operator.modelserve import naming
+from polling import wait_for  # noqa: F401 (re-exported)
 from lora_adapters import make_adapter, upload_dir, write_manifest  # noqa: F401 (re-exported)
 
 BUCKET = "kubetune-modelserve"
@@ -23,18 +23,6 @@ VLLM = {"maxLoras": 2, "maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32"
 
 REPLICASETS = Resource("apps", "v1", "replicasets")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets")
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.2, on_timeout=None):
-    """Poll until `predicate()` is truthy; the failure names what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    detail = on_timeout() if on_timeout else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{detail}")
 
 
 def finetunejob(name: str, namespace: str, bucket: str) -> dict:
