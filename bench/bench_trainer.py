@@ -8,16 +8,23 @@ Prints:
     default: the loop waits for the snapshot on local disk only) and with
     --sync-checkpoints (the loop waits for each upload, as the trainer used to), their
     ratio, and the background upload time (which the loop no longer waits for);
-  * time from restart to the first resumed step after a SIGTERM (process start -> step done).
+  * time from restart to the first resumed step after a SIGTERM (process start -> step done);
+  * packing: training tokens/s of the in-process loop with spec.training.packing on and off,
+    side by side on alpaca rows of widely mixed lengths (real tokens only, padding not
+    counted), their ratio, and the largest difference of one example's loss packed vs
+    unpacked (the base model, in-process: packing must not change any example's loss).
 
 Usage: .venv/bin/python bench/bench_trainer.py [--steps 48] [--interval 8] [--no-ray]
+       .venv/bin/python bench/bench_trainer.py --packing-only [--steps 48]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, SEQ, RANK, LR = 8, 64, 8, 3e-3
+PACK_SEQ, PACK_ROWS = 256, 240
 
 
 def spec(model_dir: Path, name: str, steps: int, interval: int) -> dict:
@@ -132,6 +140,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--interval", type=int, default=8)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray TorchTrainer runs")
+    parser.add_argument("--packing-only", action="store_true",
+                        help="run only the packed vs unpacked comparison")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -145,11 +155,11 @@ def main() -> None:
     with LoopbackS3() as s3:
         s3.client().create_bucket(Bucket="bench")
         env = {**os.environ, **s3.env(), "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1"}
-        plain = plain_loop_seconds_per_step(model_dir, args.steps)
+        plain = None if args.packing_only else plain_loop_seconds_per_step(model_dir, args.steps)
         results = []
         modes = [("kubetune in-process loop", False)] + ([] if args.no_ray else
                                                          [("kubetune under Ray TorchTrainer", True)])
-        for label, ray in modes:
+        for label, ray in [] if args.packing_only else modes:
             tag = "ray" if ray else "local"
             background = full_run(model_dir, env, workdir, ray, args.steps, args.interval, False)
             synchronous = full_run(model_dir, env, workdir, ray, args.steps, args.interval, True)
@@ -164,7 +174,105 @@ def main() -> None:
             code, resumed = finish(proc, workdir, f"resume-{tag}")
             assert code == 0, resumed
             results.append((label, background, synchronous, cut, resumed))
-    report(args, plain, results)
+        packing = packing_runs(model_dir, env, workdir, args.steps)
+    if not args.packing_only:
+        report(args, plain, results)
+    report_packing(args, *packing)
+
+
+def mixed_alpaca(path: Path) -> None:
+    """Alpaca rows of widely mixed token lengths (44 to 256 after the cut, median ~70):
+    tiny-alpaca's rows with the answer repeated a log-uniform 1..250 times."""
+    rng = random.Random(11)
+    base = [json.loads(line) for line in
+            (REPO / "examples/data/tiny-alpaca.jsonl").read_text().splitlines()]
+    with path.open("w") as out:
+        for i in range(PACK_ROWS):
+            row = dict(base[i % len(base)])
+            row["output"] = " ".join([row["output"]] * int(math.exp(rng.uniform(0, math.log(250)))))
+            out.write(json.dumps(row) + "\n")
+
+
+def packing_runs(model_dir: Path, env: dict, workdir: Path, steps: int) -> tuple:
+    """The same QLoRA run on the same mixed data, packing off then on (no periodic
+    checkpoints), and the per-example loss check: (runs, loss check)."""
+    data_path = workdir / "mixed-alpaca.jsonl"
+    mixed_alpaca(data_path)
+    runs = {}
+    for packing in (False, True):
+        tag = "packed" if packing else "unpacked"
+        body = spec(model_dir, f"pack-{tag}", steps, steps)
+        body["spec"]["dataset"].update(uri=f"file://{data_path}")
+        body["spec"]["training"].update(maxSeqLength=PACK_SEQ, packing=packing)
+        proc, _ = start_trainer(body, env, workdir, False, f"pack-{tag}")
+        code, runs[tag] = finish(proc, workdir, f"pack-{tag}")
+        assert code == 0, runs[tag]
+    return runs, per_example_loss_check(model_dir, data_path)
+
+
+def summed_losses(model, rows: list, pad_id: int) -> dict:
+    """Each example's summed token loss, keyed by its input_ids, batches of BATCH rows."""
+    import torch
+    from kubetune.workers.train import data
+
+    sums = {}
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start : start + BATCH]
+        batch = data.collate(chunk, pad_id)
+        with torch.no_grad():
+            logits = model(**batch).logits[:, :-1]
+        per_token = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=data.IGNORE_INDEX,
+            reduction="none")
+        for row, example in enumerate(chunk):
+            at = 0
+            for n in example.lengths:  # token t is scored against label t+1
+                sums[example.input_ids[at : at + n]] = float(per_token[row, at : at + n - 1].sum())
+                at += n
+    return sums
+
+
+def per_example_loss_check(model_dir: Path, data_path: Path) -> dict:
+    """Largest |packed - unpacked| summed loss of one example, over the whole dataset,
+    on the base model in eval mode (where the model makes a KV cache, the case in which
+    position ids alone would let examples see each other)."""
+    import torch
+    from kubetune.workers.train import data
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = data.parse_jsonl(data_path.read_text(), str(data_path))
+    examples = data.build_examples(rows, "alpaca", tokenizer, PACK_SEQ, False, "bench")
+    packed = data.build_examples(rows, "alpaca", tokenizer, PACK_SEQ, True, "bench")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    alone = summed_losses(model, examples, tokenizer.pad_token_id)
+    together = summed_losses(model, packed, tokenizer.pad_token_id)
+    assert together.keys() == alone.keys()
+    lengths = sorted(len(e.input_ids) for e in examples)
+    return {"examples": len(examples), "distinct": len(alone), "sequences": len(packed),
+            "lengths": lengths,
+            "abs": max(abs(together[k] - alone[k]) for k in alone),
+            "rel": max(abs(together[k] - alone[k]) / abs(alone[k]) for k in alone)}
+
+
+def report_packing(args, runs: dict, check: dict) -> None:
+    lengths = check["lengths"]
+    print(f"\nPacking: {PACK_ROWS} alpaca rows of mixed length ({lengths[0]}..{lengths[-1]} "
+          f"tokens, median {lengths[len(lengths) // 2]}), maxSeqLength {PACK_SEQ}, QLoRA NF4 "
+          f"r={RANK}, batch {BATCH}, {args.steps} steps each, in-process loop, 1 CPU thread\n")
+    print(f"{'':12} {'sequences':>10} {'real tokens':>12} {'train s':>8} {'tokens/s':>9}")
+    rate = {}
+    for tag, sequences in (("unpacked", check["examples"]), ("packed", check["sequences"])):
+        run = runs[tag]
+        rate[tag] = run["tokens"] / run["trainSeconds"]
+        print(f"{tag:12} {sequences:10d} {run['tokens']:12d} {run['trainSeconds']:8.2f} "
+              f"{rate[tag]:9.0f}")
+    print(f"\npacked / unpacked tokens/s: {rate['packed'] / rate['unpacked']:.2f}x")
+    print(f"max per-example loss difference packed vs unpacked ({check['distinct']} distinct examples, "
+          f"summed token loss, base model): {check['abs']:.2e} absolute, {check['rel']:.2e} "
+          f"relative")
+    print("(sequences: in the whole dataset, before the eval split; real tokens: what the\n"
+          " steps fed, padding not counted)")
 
 
 def share(run: dict) -> float:

@@ -79,10 +79,15 @@ def test_truncation_and_packing(tokenizer):
     rows = [(i + 1, {"text": "The blueberry is blue. " * 5}) for i in range(4)]
     cut = data.build_examples(rows, "text", tokenizer, 16, False, "t")
     assert len(cut) == 4 and all(len(e.input_ids) == 16 for e in cut)
+    # packing cuts each example the same way and never splits one across sequences
+    # (the rest of the packing rules: test_packing.py)
     packed = data.build_examples(rows, "text", tokenizer, 16, True, "t")
-    full = sum(len(data.text_example(r, tokenizer, "t").input_ids) for _, r in rows)
-    assert sum(len(e.input_ids) for e in packed) == full
-    assert all(len(e.input_ids) == 16 for e in packed[:-1])
+    assert [e.input_ids for e in packed] == [e.input_ids for e in cut]
+    assert all(e.position_ids == tuple(range(16)) for e in packed)
+    short = [(i + 1, {"text": "Blue."}) for i in range(4)]
+    n = len(data.text_example(short[0][1], tokenizer, "t").input_ids)
+    together = data.build_examples(short, "text", tokenizer, 16, True, "t")
+    assert n == 5 and [e.lengths for e in together] == [(5, 5, 5), (5,)]
 
 
 def test_prompt_longer_than_max_length_leaves_nothing(tokenizer):

@@ -24,14 +24,27 @@ ALPACA_PROMPT_WITH_INPUT = (
 
 @dataclass(frozen=True)
 class Example:
-    """One training sequence; labels are IGNORE_INDEX where no loss is taken."""
+    """One training sequence; labels are IGNORE_INDEX where no loss is taken.
+
+    A packed sequence (see `pack`) also has `position_ids`, restarting at 0 where each of
+    its examples begins; None means one example at positions 0..n-1.
+    """
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
+    position_ids: tuple[int, ...] | None = None
 
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Token count of each example in the sequence (one entry unless packed)."""
+        if self.position_ids is None:
+            return (len(self.input_ids),)
+        starts = [i for i, p in enumerate(self.position_ids) if p == 0] + [len(self.input_ids)]
+        return tuple(b - a for a, b in zip(starts, starts[1:]))
 
 
 def parse_jsonl(text: str, source: str) -> list[tuple[int, dict]]:
@@ -128,19 +141,19 @@ FORMATS = {"alpaca": alpaca_example, "chat": chat_example, "text": text_example}
 def build_examples(
     rows: list[tuple[int, dict]], fmt: str, tokenizer, max_len: int, packing: bool, source: str
 ) -> list[Example]:
-    """Rows -> sequences of at most `max_len` tokens, truncated or packed.
+    """Rows -> sequences of at most `max_len` tokens: one example each, or packed.
 
-    Packing concatenates examples and cuts fixed-length windows (examples may attend to
-    their neighbours, the usual trade for no padding). Sequences left with no trained
-    token (a prompt longer than max_len) are dropped; none left is an error.
+    Each example is first cut to `max_len`. Unpacked, each is a sequence of its own;
+    packed (`pack`), whole examples share sequences but never see each other. Examples
+    left with no trained token (a prompt longer than max_len) are dropped; none left is
+    an error.
     """
     if fmt not in FORMATS:
         raise DatasetError(f"dataset {source}: unknown format {fmt!r}")
     examples = [FORMATS[fmt](row, tokenizer, f"dataset {source} line {n}") for n, row in rows]
+    examples = [Example(e.input_ids[:max_len], e.labels[:max_len]) for e in examples]
     if packing:
         examples = pack(examples, max_len)
-    else:
-        examples = [Example(e.input_ids[:max_len], e.labels[:max_len]) for e in examples]
     kept = [e for e in examples if e.trained_tokens > 0]
     if not kept:
         raise DatasetError(
@@ -150,15 +163,74 @@ def build_examples(
 
 
 def pack(examples: list[Example], max_len: int) -> list[Example]:
-    ids: list[int] = []
-    labels: list[int] = []
+    """Whole examples (each at most max_len) into as few sequences of <= max_len as fits.
+
+    Boundaries are kept the way padding-free training does it: positions restart at 0
+    for each example (`collate` turns them into block-diagonal causal attention), and
+    each example's first label is ignored, so no token is trained to predict the start
+    of the next example from the end of the one before. That first label never counts
+    unpacked either (the loss compares token t's prediction with label t+1), so the
+    loss of each example is the same packed or not. An example with no trained token
+    left is dropped rather than packed.
+
+    Placement is first-fit decreasing: longest first, each into the first sequence with
+    room, else a new one. It wastes far less than greedy filling in data order (a long
+    example no longer closes a half-empty sequence), is deterministic (a stable sort;
+    ties keep data order) and loses nothing of the data order that matters, since the
+    training order is a seeded shuffle of the sequences anyway. Inside a sequence the
+    examples keep their data order.
+    """
+    members = []
     for e in examples:
-        ids.extend(e.input_ids)
-        labels.extend(e.labels)
-    return [
-        Example(tuple(ids[i : i + max_len]), tuple(labels[i : i + max_len]))
-        for i in range(0, len(ids), max_len)
-    ]
+        if len(e.input_ids) > max_len:
+            raise ValueError(f"pack: an example of {len(e.input_ids)} tokens > max_len {max_len}")
+        labels = (IGNORE_INDEX,) + e.labels[1:]
+        if any(label != IGNORE_INDEX for label in labels):
+            members.append(Example(e.input_ids, labels))
+    longest_first = sorted(range(len(members)), key=lambda i: -len(members[i].input_ids))
+    room = _FirstFit(len(members), max_len)
+    bins: list[list[int]] = []
+    for i in longest_first:
+        b = room.place(len(members[i].input_ids))
+        if b == len(bins):
+            bins.append([])
+        bins[b].append(i)
+    packed = []
+    for indices in bins:
+        parts = [members[i] for i in sorted(indices)]
+        packed.append(Example(
+            tuple(t for p in parts for t in p.input_ids),
+            tuple(t for p in parts for t in p.labels),
+            tuple(pos for p in parts for pos in range(len(p.input_ids))),
+        ))
+    return packed
+
+
+class _FirstFit:
+    """The first of `count` sequences with room for n tokens, in O(log count).
+
+    A max-tree over the room left in each sequence (all `capacity` at first, so the
+    first untouched one is where a new sequence starts): descend to the leftmost leaf
+    with room >= n, take n from it, update the maxima above it.
+    """
+
+    def __init__(self, count: int, capacity: int) -> None:
+        self.size = 1
+        while self.size < max(count, 1):
+            self.size *= 2
+        self.tree = [capacity] * (2 * self.size)
+
+    def place(self, n: int) -> int:
+        node = 1
+        while node < self.size:
+            node = 2 * node if self.tree[2 * node] >= n else 2 * node + 1
+        self.tree[node] -= n
+        index = node - self.size
+        node //= 2
+        while node:
+            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
+            node //= 2
+        return index
 
 
 def split_rows(count: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -226,7 +298,11 @@ class DataOrder:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-padded tensors; padding carries no loss and no attention."""
+    """Right-padded tensors; padding carries no loss and no attention.
+
+    Unpacked: input_ids, labels and a 2D attention_mask. Packed: input_ids, labels,
+    position_ids and a 4D bool attention_mask (`packed_attention_mask`).
+    """
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -238,4 +314,39 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if all(e.position_ids is None for e in examples):
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        positions[row, :n] = torch.tensor(e.position_ids or range(n))
+    return {"input_ids": ids, "labels": labels, "position_ids": positions,
+            "attention_mask": packed_attention_mask(positions, mask)}
+
+
+def packed_attention_mask(positions, real):
+    """(batch, 1, seq, seq) bool mask, True where a token may attend: causal, and only
+    inside its own example.
+
+    Why not just position_ids and no mask, which transformers (5.x) turns into this
+    same block-diagonal mask itself: it does so only when no KV cache is passed, and
+    the model makes one whenever use_cache is on (the config default) — in eval mode,
+    or in training without gradient checkpointing — and then silently lets examples
+    attend to each other. A 4D mask is used as given whatever the cache. Bool, not an
+    additive float mask: sdpa (what the trainer loads) takes bool with a query of any
+    dtype, while a float32 mask against a bf16 query is refused by CUDA's
+    memory-efficient kernel. Eager attention would add a bool mask to the scores, so
+    `steps.train_step` refuses packed batches on anything but sdpa.
+
+    Each padding token is its own one-token block, so no row is fully masked (which
+    would give NaN) and no real token sees padding.
+    """
+    import torch
+
+    batch, width = positions.shape
+    starts = (positions == 0) & (real == 1)
+    block = torch.cumsum(starts.long(), dim=1)
+    pad_block = -torch.arange(1, width + 1).expand(batch, width)
+    block = torch.where(real == 1, block, pad_block)
+    same = block[:, :, None] == block[:, None, :]
+    return (same & torch.ones((width, width), dtype=torch.bool).tril())[:, None]

@@ -55,6 +55,10 @@ def load_peft_model(model_dir: str, spec, device):
 
     quant = quantization_config(spec.method)
     kwargs = {}
+    if spec.training.packing:
+        # Packed batches carry a 4D bool mask that only sdpa reads as "may attend"
+        # (eager would add it to the scores): see data.packed_attention_mask.
+        kwargs["attn_implementation"] = "sdpa"
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": str(device)}
