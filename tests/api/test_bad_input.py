@@ -63,6 +63,15 @@ BAD = [
     (FTJ, "spec.spot.strategy", "Pray", "spec.spot.strategy"),
     (FTJ, "spec.spot.backoff", {"initialSeconds": 600, "maxSeconds": 60}, "spec.spot.backoff"),
     (FTJ, "spec.retries.maxErrorRetries", "two", "spec.retries.maxErrorRetries"),
+    (FTJ, "spec.evaluation.metrics", ["bleu"], "spec.evaluation.metrics[0]"),
+    (FTJ, "spec.evaluation.maxExamples", 0, "spec.evaluation.maxExamples"),
+    (FTJ, "spec.evaluation.gate.minGain", DELETE, "spec.evaluation.gate"),  # no bar at all
+    (FTJ, "spec.evaluation.gate.threshold", 0.5, "spec.evaluation.gate"),  # two bars
+    (FTJ, "spec.evaluation.gate.metric", "exactMatch", "spec.evaluation"),  # not measured
+    (FTJ, "spec.evaluation.when.end", False, "spec.evaluation"),  # the gate judges the end
+    (FTJ, "spec.evaluation.when.baseline", False, "spec.evaluation"),  # minGain needs it
+    (FTJ, "spec.dataset.format", "text", "spec.evaluation.metrics"),  # contains: no answers
+    (FTJ, "spec.dataset.evalFraction", 0, "spec.evaluation"),  # no held-out rows left
     (MS, "spec.replicas", -1, "spec.replicas"),
     (MS, "spec.adapters[0].uri", "s3://models/a/adapter", "spec.adapters[0]"),  # has a ref too
     (MS, "spec.adapters[1].uri", DELETE, "spec.adapters[1]"),  # now neither

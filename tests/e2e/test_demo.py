@@ -51,5 +51,9 @@ def test_demo_trains_recovers_from_a_preemption_serves_and_cleans_up(repo):
     # The base never saw the task; the adapter learned it (held-out inputs, greedy).
     assert summary["exactMatchBase"] <= 0.1, summary
     assert summary["exactMatchAdapter"] >= 0.9, summary
+    # The trainer's own evaluation on the same 100 rows, and the gate it passed.
+    assert summary["trainerExactMatchBaseline"] <= 0.1, summary
+    assert summary["trainerExactMatchFinal"] >= 0.9, summary
+    assert summary["promoted"] is True and "meets the gate" in summary["gate"], summary
     workdir = re.search(r"workdir (\S+)", output).group(1)
     assert processes_inside(workdir) == [], "the demo left processes behind"

@@ -63,6 +63,21 @@ def test_fine_tune_job_refs_resolve_by_job_state(case):
         assert result.sha256 == SHA
 
 
+def test_an_unpromoted_adapter_is_served_only_where_the_reference_allows_it():
+    body = job("NotPromoted", {"uri": URI, "sha256": SHA},
+               message="final exactMatch 0.1 misses the gate: at least 0.9")
+    spec = serve_spec({"name": "strict", "fineTuneJobRef": {"name": "job-a"}},
+                      {"name": "lenient", "fineTuneJobRef": {"name": "job-a",
+                                                             "allowUnpromoted": True}},
+                      {"name": "pinned", "uri": URI, "sha256": SHA})
+    strict, lenient, pinned = resolve_adapters(spec, {"job-a": body})
+    assert strict.state == "Failed" and strict.uri is None
+    assert "did not promote" in strict.message and "misses the gate" in strict.message
+    assert "allowUnpromoted" in strict.message
+    assert (lenient.state, lenient.uri, lenient.sha256) == ("Resolved", URI, SHA)
+    assert (pinned.state, pinned.uri) == ("Resolved", URI)  # explicit uri+sha256: as before
+
+
 def test_uri_adapters_resolve_to_themselves_and_jobs_are_listed_once():
     spec = serve_spec(
         {"name": "x", "uri": "s3://bucket/x", "sha256": SHA},

@@ -18,17 +18,18 @@ def by_type(conditions) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "phase, ready, reconciling, stalled, succeeded, failed",
+    "phase, ready, reconciling, stalled, succeeded, failed, promoted",
     [
-        ("Pending", "False", "True", "False", "False", "False"),
-        ("Scheduling", "False", "True", "False", "False", "False"),
-        ("Running", "False", "True", "False", "False", "False"),
-        ("Recovering", "False", "True", "False", "False", "False"),
-        ("Succeeded", "True", "False", "False", "True", "False"),
-        ("Failed", "False", "False", "True", "False", "True"),
+        ("Pending", "False", "True", "False", "False", "False", "Unknown"),
+        ("Scheduling", "False", "True", "False", "False", "False", "Unknown"),
+        ("Running", "False", "True", "False", "False", "False", "Unknown"),
+        ("Recovering", "False", "True", "False", "False", "False", "Unknown"),
+        ("Succeeded", "True", "False", "False", "True", "False", "True"),
+        ("NotPromoted", "False", "False", "True", "False", "True", "False"),
+        ("Failed", "False", "False", "True", "False", "True", "False"),
     ],
 )
-def test_conditions_per_phase(phase, ready, reconciling, stalled, succeeded, failed):
+def test_conditions_per_phase(phase, ready, reconciling, stalled, succeeded, failed, promoted):
     conditions = job_conditions(phase, "Why", "because", 3, None, T0)
     assert by_type(conditions) == {
         "Ready": ready,
@@ -36,6 +37,7 @@ def test_conditions_per_phase(phase, ready, reconciling, stalled, succeeded, fai
         "Stalled": stalled,
         "Succeeded": succeeded,
         "Failed": failed,
+        "Promoted": promoted,
     }
     assert all(c.observed_generation == 3 and c.last_transition_time == T0 for c in conditions)
     assert all(c.reason == "Why" and c.message == "because" for c in conditions)
@@ -59,6 +61,7 @@ def kstatus(conditions) -> str:
         ("Running", "InProgress"),
         ("Recovering", "InProgress"),
         ("Succeeded", "Current"),
+        ("NotPromoted", "Failed"),
         ("Failed", "Failed"),
     ],
 )

@@ -8,7 +8,8 @@ import pytest
 from operator_specs import make_spec
 
 from kubetune.api import FineTuneJobStatus
-from kubetune.api.finetunejob import BackoffSpec, GpuSeconds
+from kubetune.api.finetunejob import BackoffSpec
+from kubetune.api.usage import GpuSeconds
 from kubetune.operator.pod_state import PodState
 from kubetune.operator.recovery import (
     RecoveryState,

@@ -73,7 +73,7 @@ def test_apply_to_succeeded_with_adapter_in_s3_then_delete_cleans_checkpoints(
         assert status["progress"]["display"] == "80/80 (100%)" and status["completionTime"]
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
         assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False",
-                              "Succeeded": "True", "Failed": "False"}
+                              "Succeeded": "True", "Failed": "False", "Promoted": "True"}
         reasons = {e["reason"] for e in cluster.events("alpaca")}
         assert {"Training", "TrainingSucceeded"} <= reasons
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

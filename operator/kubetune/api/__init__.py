@@ -4,7 +4,8 @@ These models are the single source of truth for the CRDs in crds/ (see crdgen).
 """
 
 from .common import API_GROUP, API_VERSION, Condition
-from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .finetunejob import FineTuneJobSpec
+from .finetunejob_status import FineTuneJobStatus
 from .kinds import FINETUNEJOB, KINDS, MODELSERVE, Kind
 from .modelserve import ModelServeSpec, ModelServeStatus
 from .validation import SpecError, parse_spec

@@ -9,7 +9,6 @@ as CEL in the CRD so the API server refuses a bad object, and as validators here
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_validator
@@ -17,11 +16,11 @@ from pydantic import ConfigDict, Field, StrictBool, StringConstraints, model_val
 from .common import (
     S3_URI_PATTERN,
     ApiModel,
-    Condition,
     ImagePullPolicy,
     ObjectStore,
     Placement,
 )
+from .evaluation import EvaluationSpec
 from .names import WORKERS_MAX
 
 MODEL_URI_PATTERN = (
@@ -34,6 +33,13 @@ DATA_URI_PATTERN = (
     r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+"
     r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+"
     r"|file:///.+)$"
+)
+EVAL_NEEDS_ROWS = (
+    "needs rows: set evaluation.dataset, or dataset.evalFraction above 0 to hold rows out"
+)
+EVAL_NEEDS_ANSWERS = (
+    "exactMatch and contains compare with a reference answer, which text rows lack: "
+    "use format alpaca or chat, or only the loss metric"
 )
 IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]}
 
@@ -181,7 +187,13 @@ class TrainingSpec(ApiModel):
         default=1024, ge=16, le=131072, description="Tokens per sequence; longer ones are cut."
     )
     packing: StrictBool = Field(
-        default=False, description="Pack several short examples into one sequence."
+        default=False,
+        description=(
+            "Pack whole examples (each cut to maxSeqLength) into sequences of up to "
+            "maxSeqLength tokens, first-fit decreasing, for less padding. No example is "
+            "split; each attends only to itself, with positions restarting at 0, so its "
+            "loss is the same as unpacked."
+        ),
     )
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, le=1000, description="Gradient clipping norm.")
@@ -293,6 +305,28 @@ class RetentionSpec(ApiModel):
 class FineTuneJobSpec(ApiModel):
     """Desired fine-tune. What the job trains on and writes to cannot change once created."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.evaluation) || has(self.evaluation.dataset) || "
+                    "!has(self.dataset.evalFraction) || self.dataset.evalFraction > 0.0",
+                    "message": EVAL_NEEDS_ROWS,
+                    "fieldPath": ".evaluation",
+                },
+                {
+                    "rule": "!has(self.evaluation) || !((!has(self.evaluation.metrics) || "
+                    "self.evaluation.metrics.exists(m, m != 'loss')) && "
+                    "((has(self.evaluation.dataset) && has(self.evaluation.dataset.format)) ? "
+                    "self.evaluation.dataset.format : "
+                    "(has(self.dataset.format) ? self.dataset.format : 'alpaca')) == 'text')",
+                    "message": EVAL_NEEDS_ANSWERS,
+                    "fieldPath": ".evaluation.metrics",
+                },
+            ]
+        }
+    )
+
     base_model: ModelSource = Field(
         description="Model to fine-tune.", json_schema_extra=IMMUTABLE
     )
@@ -318,71 +352,25 @@ class FineTuneJobSpec(ApiModel):
     retention: RetentionSpec = Field(
         default_factory=RetentionSpec, description="Checkpoint retention."
     )
-
-
-FineTunePhase = Literal["Pending", "Scheduling", "Running", "Recovering", "Succeeded", "Failed"]
-
-
-class TrainingProgress(ApiModel):
-    """Progress reported by the trainer."""
-
-    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
-    total_steps: int | None = Field(default=None, ge=0, description="Planned optimizer steps.")
-    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
-    percent: float | None = Field(default=None, ge=0, le=100, description="step / totalSteps.")
-    display: str | None = Field(default=None, description="step/total (percent) for kubectl get.")
-    loss: float | None = Field(default=None, description="Recent training loss.")
-    eval_loss: float | None = Field(default=None, description="Latest eval loss.")
-    tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput.")
-    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
-    updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
-
-
-class CheckpointRef(ApiModel):
-    """The newest complete checkpoint."""
-
-    step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
-    uri: str = Field(description="Object-store prefix of the checkpoint.")
-    time: datetime | None = Field(default=None, description="When it became complete.")
-
-
-class AdapterRef(ApiModel):
-    """The finished adapter."""
-
-    uri: str = Field(description="Object-store prefix holding the adapter and its manifest.")
-    sha256: str = Field(description="sha256 of manifest.json, which lists each file's sha256.")
-    size_bytes: int | None = Field(default=None, ge=0, description="Total bytes of adapter files.")
-
-
-class GpuSeconds(ApiModel):
-    """GPU time used, by capacity type."""
-
-    spot: float = Field(default=0.0, ge=0, description="GPU-seconds on spot capacity.")
-    on_demand: float = Field(default=0.0, ge=0, description="GPU-seconds on on-demand capacity.")
-
-
-class FineTuneJobStatus(ApiModel):
-    """Observed state, written only by the operator."""
-
-    phase: FineTunePhase | None = Field(default=None, description="Lifecycle phase.")
-    message: str | None = Field(default=None, description="Why the job is in this phase.")
-    conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions.")
-    observed_generation: int | None = Field(default=None, description="Last reconciled generation.")
-    capacity_type: Literal["spot", "on-demand"] | None = Field(
-        default=None, description="Capacity the current attempt runs on."
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description="Evaluation on held-out rows (baseline, during, final) and a promotion "
+        "gate; without it only the eval loss of the held-out split is measured.",
+        json_schema_extra=IMMUTABLE,
     )
-    attempt: int | None = Field(
-        default=None, ge=1, description="Current attempt (1 + recoveries + retries + fallbacks)."
-    )
-    next_attempt_after: datetime | None = Field(
-        default=None, description="Backoff: the next attempt's pods are not created before this."
-    )
-    progress: TrainingProgress | None = Field(default=None, description="Trainer progress.")
-    recoveries: int = Field(default=0, ge=0, description="Preemptions recovered from.")
-    error_retries: int = Field(default=0, ge=0, description="Retries after user-code errors.")
-    lost_steps: int = Field(default=0, ge=0, description="Steps redone after recoveries.")
-    last_checkpoint: CheckpointRef | None = Field(default=None, description="Newest checkpoint.")
-    adapter: AdapterRef | None = Field(default=None, description="The finished adapter.")
-    gpu_seconds: GpuSeconds | None = Field(default=None, description="GPU time by capacity type.")
-    start_time: datetime | None = Field(default=None, description="When training first started.")
-    completion_time: datetime | None = Field(default=None, description="When the job finished.")
+
+    @model_validator(mode="after")
+    def _evaluation_has_rows(self) -> FineTuneJobSpec:
+        evaluation = self.evaluation
+        if evaluation is None:
+            return self
+        if evaluation.dataset is None and self.dataset.eval_fraction <= 0:
+            raise ValueError(f"evaluation: {EVAL_NEEDS_ROWS}")
+        if evaluation.generates() and self.evaluation_format() == "text":
+            raise ValueError(f"evaluation.metrics: {EVAL_NEEDS_ANSWERS}")
+        return self
+
+    def evaluation_format(self) -> str:
+        """The row format of the evaluation rows: their own, else the training data's."""
+        own = self.evaluation.dataset if self.evaluation else None
+        return (own.format if own is not None and own.format else None) or self.dataset.format

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from .common import API_GROUP, API_VERSION
-from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .finetunejob import FineTuneJobSpec
+from .finetunejob_status import FineTuneJobStatus
 from .modelserve import ModelServeSpec, ModelServeStatus
 from .names import (
     FINETUNEJOB_LONGEST_SUFFIX,
@@ -81,6 +82,7 @@ FINETUNEJOB = Kind(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        {"name": "Eval", "type": "string", "jsonPath": ".status.evaluation.display"},
         {"name": "Recoveries", "type": "integer", "jsonPath": ".status.recoveries"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),

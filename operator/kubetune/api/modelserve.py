@@ -38,6 +38,11 @@ class FineTuneJobRef(ApiModel):
     name: Annotated[
         str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=FINETUNEJOB_NAME_MAX)
     ] = Field(description=f"Name of the FineTuneJob (at most {FINETUNEJOB_NAME_MAX} characters).")
+    allow_unpromoted: StrictBool = Field(
+        default=False,
+        description="Serve the job's adapter even if it missed the job's evaluation gate "
+        "(phase NotPromoted). Off: such an adapter is not loaded.",
+    )
 
 
 class AdapterSource(ApiModel):

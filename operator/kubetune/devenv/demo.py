@@ -8,7 +8,8 @@ kubetune with `helm install` of its chart (CRDs, RBAC, the operator's Deployment
 pod the node agent runs under the chart's ServiceAccount). Applies
 examples/finetune.yaml adapted to the tiny local model and data with the real kubectl,
 shows progress as the trainer reports it, injects one spot preemption and shows the
-recovery. The ModelServe for the job's adapter is applied beside it: vLLM (its CPU
+recovery. The trainer evaluates the adapter on 100 held-out rows before, during and after
+training, and the job's gate (exact match at least 90 %) decides whether it is promoted. The ModelServe for the job's adapter is applied beside it: vLLM (its CPU
 build, from the vLLM virtualenv the node agent maps vLLM's image to) starts on the base
 while the job trains, and when the job succeeds kubetune's adapter agent verifies the
 adapter and hot-loads it into that same vLLM process. A chat completion through the
@@ -54,6 +55,12 @@ def demo_finetunejob(model_dir: Path, max_steps: int) -> dict:
                         "batchSize": 8, "maxSeqLength": 64, "seed": 42}
     spec["resources"] = {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"}
     spec["spot"].update({"checkpointIntervalSteps": 10, "backoff": {"initialSeconds": 1, "maxSeconds": 5}})
+    # The trainer's own evaluation on the rows vLLM is asked below, and the gate the
+    # adapter must pass before the ModelServe's fineTuneJobRef serves it.
+    spec["evaluation"] = {"dataset": {"uri": f"file://{digittasks.EVAL_DATASET}"},
+                          "metrics": ["loss", "exactMatch"], "maxExamples": 100, "maxNewTokens": 12,
+                          "when": {"baseline": True, "everySteps": 20, "end": True},
+                          "gate": {"metric": "exactMatch", "threshold": 0.9}}
     spec["output"] = {"uri": "s3://kubetune/adapters", "credentials": {"secretRef": {"name": "s3-credentials"}}}
     return body
 
@@ -109,7 +116,7 @@ def follow_training(stack: EmbeddedStack, preempt_at: int, timeout: float) -> di
                 f"{step}, as a node-termination handler sends on the spot notice")
             spot.evict(stack.api, NAMESPACE, pod["metadata"]["name"])
             preempted = True
-        if status.get("phase") in ("Succeeded", "Failed"):
+        if status.get("phase") in ("Succeeded", "NotPromoted", "Failed"):
             return status
         time.sleep(1.0)
     raise TimeoutError(f"FineTuneJob did not finish in {timeout:.0f}s; operator log:\n{stack.operator_log()[-3000:]}")
@@ -180,13 +187,6 @@ def exact_match(client, model: str, rows: list[dict]) -> float:
         return sum(pool.map(lambda row: answer(client, model, row) == row["output"], rows)) / len(rows)
 
 
-def held_out(count: int) -> list[dict]:
-    """Task rows whose inputs the training file does not hold."""
-    trained = {json.loads(line)["input"] for line in digittasks.DATASET.read_text().splitlines()}
-    return [r for r in digittasks.task_rows(count + len(trained), seed=2026)
-            if r["input"] not in trained][:count]
-
-
 def run(max_steps: int, timeout: float) -> int:
     started = time.monotonic()
     say("building the tiny Llama model and tokenizer (cached after the first run)")
@@ -211,6 +211,13 @@ def run(max_steps: int, timeout: float) -> int:
         say("kubectl apply -f modelserve.yaml -> " + stack.kubectl("apply", "-f", str(serve_manifest)).strip()
             + " (vLLM starts on the base while the job trains; the adapter waits for the job)")
         status = follow_training(stack, preempt_at=max_steps // 3, timeout=timeout)
+        evaluation = status.get("evaluation") or {}
+        trained_base = (evaluation.get("baseline") or {}).get("exactMatch")
+        trained_final = (evaluation.get("final") or {}).get("exactMatch")
+        if evaluation:
+            say(f"the trainer's evaluation on {(evaluation.get('final') or {}).get('examples')} held-out rows: "
+                f"exact match before training {trained_base:.0%}, after {trained_final:.0%}; "
+                f"gate: {(evaluation.get('gate') or {}).get('message')}")
         if status.get("phase") != "Succeeded":
             say(f"FineTuneJob ended {status.get('phase')}: {status.get('message')}")
             return 1
@@ -223,7 +230,7 @@ def run(max_steps: int, timeout: float) -> int:
             f"{(succeeded_at - pod_started).total_seconds():.0f} s before the job succeeded, "
             f"{restarts(pod)} container restarts; kubectl get ms: {serving.get('adaptersDisplay')} adapters loaded")
         base_url, version = served(stack)
-        client, rows = client_for(base_url), held_out(100)
+        client, rows = client_for(base_url), digittasks.held_out_rows(100)
         base_name = demo_modelserve(Path("/"))["spec"]["baseModel"]["servedName"]
         start = time.monotonic()
         base_score = exact_match(client, base_name, rows)
@@ -243,6 +250,10 @@ def run(max_steps: int, timeout: float) -> int:
             "lostSteps": status.get("lostSteps"), "adapterUri": adapter.get("uri"), "adapterSha256": adapter.get("sha256"),
             "servedBy": f"vLLM {version}", "hotLoadedWithoutRestart": same_pod,
             "exactMatchBase": base_score, "exactMatchAdapter": adapter_score,
+            "trainerExactMatchBaseline": trained_base, "trainerExactMatchFinal": trained_final,
+            "promoted": next((c["status"] == "True" for c in status.get("conditions", [])
+                              if c["type"] == "Promoted"), None),
+            "gate": (evaluation.get("gate") or {}).get("message"),
             "servingLatencyMs": round(latency * 1000), "wallSeconds": round(time.monotonic() - started),
         }
         say("summary:\n" + json.dumps(summary, indent=2))

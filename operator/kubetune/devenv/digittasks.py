@@ -21,6 +21,7 @@ LENGTH = 4
 PRETRAINING = {"Repeat the digits.": lambda digits: digits}
 TASK_INSTRUCTION = "Add one to each digit."
 DATASET = Path(__file__).resolve().parents[3] / "examples" / "data" / "digits-add-one.jsonl"
+EVAL_DATASET = DATASET.with_name("digits-add-one-eval.jsonl")
 
 
 def add_one(digits: list[str]) -> list[str]:
@@ -66,5 +67,18 @@ def write_dataset(path: Path = DATASET, count: int = 400, seed: int = 7) -> Path
     return path
 
 
+def held_out_rows(count: int, trained: Path = DATASET, seed: int = 2026) -> list[dict]:
+    """Task rows whose inputs the training file does not hold."""
+    seen = {json.loads(line)["input"] for line in trained.read_text().splitlines()}
+    return [r for r in task_rows(count + len(seen), seed) if r["input"] not in seen][:count]
+
+
+def write_eval_dataset(path: Path = EVAL_DATASET, count: int = 100) -> Path:
+    """examples/data/digits-add-one-eval.jsonl: the demo's evaluation rows, unseen inputs."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows(count)))
+    return path
+
+
 if __name__ == "__main__":
     print(write_dataset())
+    print(write_eval_dataset())

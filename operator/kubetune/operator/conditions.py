@@ -4,8 +4,12 @@ kstatus (what Flux, `kubectl wait` and Argo CD-style health read) says: while
 `Reconciling` is True the object is in progress; `Stalled` True means it has failed and
 will not progress by itself; otherwise it is Current. Ready follows Flux's convention.
 Jobs add Succeeded / Failed, so `kubectl wait --for=condition=Succeeded` ends on success
-and `--for=condition=Failed` on failure. Every condition is always present (True or
-False), each carries observedGeneration, and lastTransitionTime moves only when the
+and `--for=condition=Failed` on failure, and Promoted: True once the adapter passed the
+job's evaluation gate (or the job has none). An adapter that missed the gate is written but
+not promoted: phase NotPromoted, which reads as a failure (Stalled, Failed; Ready False)
+because the job did not deliver a servable adapter and retrying would measure the same
+adapter again; Promoted is Unknown until then. Every condition is always present, each
+carries observedGeneration, and lastTransitionTime moves only when the
 condition's status flips — so an unchanged job yields a byte-equal status and no write.
 """
 
@@ -15,10 +19,10 @@ from datetime import datetime
 from typing import Literal
 
 from kubetune.api import Condition
-from kubetune.api.finetunejob import FineTunePhase
+from kubetune.api.finetunejob_status import FineTunePhase
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-JOB_CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Succeeded", "Failed")
+JOB_CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Succeeded", "Failed", "Promoted")
 
 IN_PROGRESS_PHASES = {"Pending", "Scheduling", "Running", "Recovering"}
 
@@ -32,14 +36,16 @@ def job_condition_statuses(phase: FineTunePhase) -> dict[str, ConditionStatus]:
             "Stalled": "False",
             "Succeeded": "True",
             "Failed": "False",
+            "Promoted": "True",
         }
-    if phase == "Failed":
+    if phase in ("Failed", "NotPromoted"):
         return {
             "Ready": "False",
             "Reconciling": "False",
             "Stalled": "True",
             "Succeeded": "False",
             "Failed": "True",
+            "Promoted": "False",
         }
     if phase in IN_PROGRESS_PHASES:
         return {
@@ -48,6 +54,7 @@ def job_condition_statuses(phase: FineTunePhase) -> dict[str, ConditionStatus]:
             "Stalled": "False",
             "Succeeded": "False",
             "Failed": "False",
+            "Promoted": "Unknown",
         }
     raise ValueError(f"status.phase: unknown FineTuneJob phase {phase!r}")
 
@@ -64,7 +71,7 @@ def job_conditions(
     previous: list[Condition] | None,
     now: datetime,
 ) -> list[Condition]:
-    """All five conditions for `phase`, each carrying the phase's reason and message, so
+    """All six conditions for `phase`, each carrying the phase's reason and message, so
     whichever condition a tool reads explains the job's state."""
     statuses = job_condition_statuses(phase)
     result = []

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus, SpecError, parse_spec
-from kubetune.api.finetunejob import AdapterRef
+from kubetune.api.finetunejob_status import AdapterRef
 
+from . import evaluation_status
 from . import progress as progress_mod
 from .builders import JobMeta, build_children, needs_ray_auth
 from .conditions import job_conditions, status_patch
@@ -33,7 +34,7 @@ from .pod_state import PodState, attempt_state, classify_missing_pod, classify_p
 from .recovery import Decision, RecoveryState, add_gpu_seconds, decide, pod_gpu_interval
 
 log = logging.getLogger("kubetune.operator")
-TERMINAL = ("Succeeded", "Failed")
+TERMINAL = ("Succeeded", "NotPromoted", "Failed")
 INVALID_SPEC = "InvalidSpec"
 RAY_AUTH_TOKEN_BYTES = 32
 # Create-only (RBAC grants nothing else): never through Kube.ensure, which reads on a 409.
@@ -226,10 +227,13 @@ class FineTuneService:
             if polled is not None:
                 started = parse_time((head.get("status") or {}).get("startTime"))
                 new = progress_mod.fold(new, polled, started)
+                new = evaluation_status.fold(new, spec, polled.get("evaluation"))
         if outcome.summary:
             new = progress_mod.fold_summary(new, outcome.summary)
+            new = evaluation_status.fold(new, spec, outcome.summary.get("evaluation"))
         if decision.action == "succeed":
             new = self._succeeded(new, outcome.summary, now)
+            new = self._promote(body, spec, new, decision)
         if decision.starts_new_attempt:
             new = new.model_copy(update={
                 "next_attempt_after": now + timedelta(seconds=decision.delay_seconds)})
@@ -255,6 +259,24 @@ class FineTuneService:
                 "loss": summary.get("trainLoss"), "evalLoss": summary.get("evalLoss")})
             update["progress"] = done.model_copy(update={"updated_at": now})
         return new.model_copy(update=update)
+
+    def _promote(self, body, spec, new: FineTuneJobStatus, decision: Decision
+                 ) -> FineTuneJobStatus:
+        """Judge the gate on the final evaluation. A miss keeps the written adapter in
+        status (for inspection, or a ModelServe that allows unpromoted adapters) but
+        ends the job NotPromoted, with the reason in every condition."""
+        gate = evaluation_status.verdict(spec, new)
+        if gate is None:
+            return new
+        new = evaluation_status.with_verdict(new, gate)
+        adapter_uri = new.adapter.uri if new.adapter else None
+        if gate.passed:
+            return self._base_status(body, new, "Succeeded", decision.reason,
+                                     f"{decision.message} and promoted: {gate.message}",
+                                     decision.next)
+        return self._base_status(body, new, "NotPromoted", evaluation_status.NOT_PROMOTED_REASON,
+                                 evaluation_status.not_promoted_message(adapter_uri, gate),
+                                 decision.next)
 
     def _refuse(self, body, status: FineTuneJobStatus, message: str) -> None:
         """An invalid spec: Failed + Stalled naming the field; nothing is created."""
@@ -295,8 +317,9 @@ class FineTuneService:
         moved = decision is not None and decision.starts_new_attempt
         if old.phase == new.phase and not moved:
             return
-        warning = new.phase == "Failed" or (decision is not None and decision.action == "retry")
-        why = reason or (decision.reason if decision else new.conditions[0].reason)
+        warning = new.phase in ("Failed", "NotPromoted") or (
+            decision is not None and decision.action == "retry")
+        why = reason or new.conditions[0].reason
         self.emit(body, "Warning" if warning else "Normal", why, new.message or new.phase)
 
 

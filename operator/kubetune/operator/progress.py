@@ -13,7 +13,7 @@ import json
 import urllib.request
 from datetime import datetime
 
-from kubetune.api.finetunejob import CheckpointRef, FineTuneJobStatus, TrainingProgress
+from kubetune.api.finetunejob_status import CheckpointRef, FineTuneJobStatus, TrainingProgress
 
 from .pod_state import parse_time
 

@@ -16,7 +16,9 @@ from datetime import datetime
 from typing import Literal
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus
-from kubetune.api.finetunejob import BackoffSpec, FineTunePhase, GpuSeconds, SpotPolicy
+from kubetune.api.finetunejob import BackoffSpec, SpotPolicy
+from kubetune.api.finetunejob_status import FineTunePhase
+from kubetune.api.usage import GpuSeconds
 
 from .config import CapacityType
 from .naming import LABEL_CAPACITY

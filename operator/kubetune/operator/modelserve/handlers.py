@@ -7,7 +7,7 @@ the handlers never land twice or on a registry nobody runs. Paths into the one
 - create / resume / update of a ModelServe;
 - a timer (`KUBETUNE_SERVE_RESYNC_SECONDS`, default 15 s) that re-resolves adapters and
   reads replicas and per-pod adapter states, which change without any ModelServe edit;
-- a FineTuneJob reaching Succeeded or Failed (or going away) reconciles, at once, every
+- a FineTuneJob reaching Succeeded, NotPromoted or Failed (or going away) reconciles, at once, every
   ModelServe that references it, through an index of ModelServes by referenced job.
 """
 
@@ -26,7 +26,7 @@ from .service import InvalidServe, ServeService
 
 RESYNC_SECONDS = float(os.environ.get("KUBETUNE_SERVE_RESYNC_SECONDS", "15"))
 RETRY_SECONDS = 10
-TERMINAL_JOB_PHASES = {"Succeeded", "Failed"}
+TERMINAL_JOB_PHASES = {"Succeeded", "NotPromoted", "Failed"}
 GROUP, VERSION = MODELSERVE.group, MODELSERVE.version
 
 

@@ -4,7 +4,9 @@ reason it cannot be served yet (Pending) or ever (Failed).
 Pure: the caller fetches the referenced FineTuneJobs and passes them in. A referenced job
 that is missing or still running leaves only that adapter Pending, never the whole
 ModelServe failed, because the usual workflow applies the ModelServe and the
-FineTuneJob together and the job finishes hours later.
+FineTuneJob together and the job finishes hours later. A job whose adapter missed its
+evaluation gate (NotPromoted) is not served unless the reference allows unpromoted
+adapters: the gate exists so that a bad adapter never reaches users by accident.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def referenced_jobs(spec: ModelServeSpec) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _from_job(name: str, job_name: str, job: Mapping | None) -> Resolution:
+def _from_job(name: str, job_name: str, job: Mapping | None, allow_unpromoted: bool
+              ) -> Resolution:
     if job is None:
         return Resolution(
             name, "Pending", message=f"waiting for FineTuneJob {job_name}: not found", job=job_name
@@ -48,15 +51,22 @@ def _from_job(name: str, job_name: str, job: Mapping | None) -> Resolution:
     status = job.get("status") or {}
     phase = status.get("phase") or "Pending"
     adapter = status.get("adapter") or {}
-    if phase == "Succeeded" and adapter.get("uri"):
+    if phase == "NotPromoted" and not allow_unpromoted:
+        why = status.get("message") or "it missed its evaluation gate"
+        return Resolution(
+            name, "Failed", job=job_name,
+            message=f"FineTuneJob {job_name} did not promote its adapter ({why}); set "
+            "fineTuneJobRef.allowUnpromoted to serve it anyway",
+        )
+    if phase in ("Succeeded", "NotPromoted") and adapter.get("uri"):
         return Resolution(
             name, "Resolved", uri=adapter["uri"], sha256=adapter.get("sha256"), job=job_name
         )
-    if phase == "Succeeded":
+    if phase in ("Succeeded", "NotPromoted"):
         return Resolution(
             name,
             "Failed",
-            message=f"FineTuneJob {job_name} succeeded but reports no status.adapter.uri",
+            message=f"FineTuneJob {job_name} ended {phase} but reports no status.adapter.uri",
             job=job_name,
         )
     if phase == "Failed":
@@ -79,6 +89,7 @@ def resolve_adapters(spec: ModelServeSpec, jobs: Mapping[str, Mapping | None]) -
                 Resolution(adapter.name, "Resolved", uri=adapter.uri, sha256=adapter.sha256)
             )
         else:
-            job_name = adapter.fine_tune_job_ref.name
-            result.append(_from_job(adapter.name, job_name, jobs.get(job_name)))
+            ref = adapter.fine_tune_job_ref
+            result.append(_from_job(adapter.name, ref.name, jobs.get(ref.name),
+                                    ref.allow_unpromoted))
     return result

@@ -59,11 +59,21 @@ def summary(outcome: dict) -> tuple[int, dict]:
     return EXIT_ERROR, {"result": "Failed", "message": outcome.get("message", "unknown error")}
 
 
+# What the operator acts on, kept when the whole summary would not fit the limit.
+ESSENTIAL_KEYS = ("result", "status", "adapter", "steps", "totalSteps", "checkpoint",
+                  "wroteCheckpoint", "evaluation", "trainLoss", "evalLoss")
+
+
 def write_termination(path: Path, body: dict) -> None:
     text = json.dumps(body, sort_keys=True, default=str)
     if len(text) > TERMINATION_LIMIT:
-        short = {"result": body.get("result"), "message": str(body.get("message"))[:3000]}
-        text = json.dumps(short)
+        short = {k: body[k] for k in ESSENTIAL_KEYS if k in body}
+        if "message" in body:
+            short["message"] = str(body["message"])[:3000]
+        text = json.dumps(short, sort_keys=True, default=str)
+    if len(text) > TERMINATION_LIMIT:
+        text = json.dumps({"result": body.get("result"),
+                           "message": str(body.get("message"))[:3000]})
     try:
         path.write_text(text)
     except OSError as exc:

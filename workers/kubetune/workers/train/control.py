@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 ACTOR_NAMESPACE = "kubetune"
 PROGRESS_FIELDS = (
     "phase", "step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond",
-    "etaSeconds", "lastCheckpoint",
+    "etaSeconds", "lastCheckpoint", "evaluation",
 )
 
 

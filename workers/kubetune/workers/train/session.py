@@ -18,6 +18,7 @@ from pathlib import Path
 from ..manifest import Manifest
 from ..objectstore import delete_prefix, make_client
 from . import data as datamod
+from . import evaluation as evalmod
 from . import modeling, sources, state, storage
 from .checkpointing import CheckpointWriter
 from .steps import LOSS_WINDOW, RunState, evaluate, seed_everything, train_step
@@ -63,9 +64,13 @@ class TrainingSession:
             self.client, self.location, self.workdir, KEEP_CHECKPOINTS, resumed,
             on_commit=lambda saved: self.report(lastCheckpoint=saved),
             synchronous=bool(self.config.get("syncCheckpoints")))
-        if resumed is None and self.eval_examples and not self.stop_now():
+        planned = self.spec.evaluation
+        if planned is None and resumed is None and self.eval_examples and not self.stop_now():
             self.run_state.initial_eval_loss = self.evaluate()
             self.report(evalLoss=self.run_state.initial_eval_loss)
+        if planned is not None and planned.when.baseline and \
+                "baseline" not in self.run_state.evaluation:
+            self.run_evaluation("baseline")  # a stop cuts it short; begin_training sees it
         if not self.begin_training():
             return self.preempted(wrote_checkpoint=False)
         self.report(phase="Training")
@@ -77,10 +82,17 @@ class TrainingSession:
             step = self.run_state.step
             if self.stop_now():
                 return self.stop_with_checkpoint()
+            every = planned.when.every_steps if planned is not None else None
+            if every and step % every == 0 and step < self.total_steps and \
+                    not self.run_evaluation("latest"):
+                return self.stop_with_checkpoint()
             if step % interval == 0 and step < self.total_steps:
-                self.run_state.eval_loss = self.evaluate()
-                self.report(evalLoss=self.run_state.eval_loss)
+                if planned is None:
+                    self.run_state.eval_loss = self.evaluate()
+                    self.report(evalLoss=self.run_state.eval_loss)
                 self.checkpoint()
+        if planned is not None and planned.when.end and not self.run_evaluation("final"):
+            return self.stop_with_checkpoint()  # resumed at the last step, it evaluates again
         return self.finish()
 
     def prepare(self) -> None:
@@ -103,6 +115,9 @@ class TrainingSession:
 
         self.train_examples = build(train_idx)
         self.eval_examples = build(eval_idx)
+        self.evalset = self.build_eval_set(rows, eval_idx)
+        if self.evalset is not None:
+            self.eval_examples = self.evalset.loss_examples
         self.order = datamod.DataOrder(len(self.train_examples), training.batch_size,
                                        self.worker.world_size,
                                        training.gradient_accumulation_steps, training.seed)
@@ -169,6 +184,43 @@ class TrainingSession:
         return evaluate(self.model, self.eval_examples, self.tokenizer.pad_token_id,
                         self.spec.training.batch_size, self.worker.device)
 
+    def build_eval_set(self, rows, eval_idx) -> evalmod.EvalSet | None:
+        """spec.evaluation's rows: its own dataset, else the held-out split (unpacked)."""
+        planned, spec = self.spec.evaluation, self.spec
+        if planned is None:
+            return None
+        if planned.dataset is not None:
+            source = planned.dataset.uri
+            picked = datamod.parse_jsonl(sources.read_dataset(source, self.client), source)
+        else:
+            source, picked = spec.dataset.uri, [rows[i] for i in eval_idx]
+        return evalmod.build_eval_set(picked, spec.evaluation_format(), self.tokenizer,
+                                      spec.training.max_seq_length, list(planned.metrics),
+                                      planned.max_examples, source)
+
+    def run_evaluation(self, key: str) -> bool:
+        """Measure spec.evaluation's metrics now and record them as `key` (baseline,
+        latest or final); False if a stop request cut the evaluation short."""
+        planned, rs = self.spec.evaluation, self.run_state
+        self.report(phase="Evaluating")
+        scores = evalmod.score(self.model, self.tokenizer, self.evalset, list(planned.metrics),
+                               self.worker, self.spec.training.batch_size,
+                               planned.max_new_tokens, rs.step, self.evaluate, self.stop_now)
+        if scores is None:
+            return False
+        rs.evaluation = {**rs.evaluation, key: scores}
+        if scores.get("loss") is not None:
+            rs.eval_loss = scores["loss"]
+            if key == "baseline":
+                rs.initial_eval_loss = scores["loss"]
+        self.report(evaluation=rs.evaluation, evalLoss=rs.eval_loss,
+                    phase="Training" if key == "latest" else "Evaluating")
+        if self.worker.is_chief:
+            log.info("evaluation (%s) at step %d: %s", key, rs.step,
+                     ", ".join(f"{k} {v:.4g}" for k, v in scores.items()
+                               if isinstance(v, float)))
+        return True
+
     def checkpoint(self) -> None:
         """Rank 0 snapshots the state and starts its upload; the others wait for the
         snapshot only, so none runs ahead of the state being saved."""
@@ -199,7 +251,8 @@ class TrainingSession:
 
     def finish(self) -> dict:
         """Final eval, then the adapter + tokenizer published with manifest.json last."""
-        self.run_state.eval_loss = self.evaluate()
+        if self.spec.evaluation is None:
+            self.run_state.eval_loss = self.evaluate()
         if self.worker.is_chief:
             self.writer.wait()
             self.writer.raise_if_failed()
@@ -259,5 +312,20 @@ class TrainingSession:
 
     def metrics(self) -> dict:
         rs = self.run_state
-        return {"trainLoss": rs.train_loss, "evalLoss": rs.eval_loss,
+        body = {"trainLoss": rs.train_loss, "evalLoss": rs.eval_loss,
                 "initialEvalLoss": rs.initial_eval_loss, "steps": rs.step, "tokens": rs.tokens}
+        if self.spec.evaluation is not None:
+            body["evaluation"] = self.evaluation_record()
+        return body
+
+    def evaluation_record(self) -> dict:
+        """The results, and the gate's verdict once there is a final evaluation: what the
+        adapter's manifest records (the operator judges again from its own spec)."""
+        from kubetune.api.evaluation import judge, scores_of
+
+        record = dict(self.run_state.evaluation)
+        gate = self.spec.evaluation.gate
+        if gate is not None and "final" in record:
+            record["gate"] = judge(gate, scores_of(record.get("baseline")),
+                                   scores_of(record.get("final"))).to_wire()
+        return record

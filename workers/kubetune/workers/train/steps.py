@@ -53,6 +53,17 @@ class Worker:
         dist.broadcast(value, src=0)
         return bool(value.item())
 
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over all ranks (counts from sharded evaluation)."""
+        import torch
+        import torch.distributed as dist
+
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor]
+
     def barrier(self) -> None:
         import torch.distributed as dist
 
@@ -69,6 +80,9 @@ class RunState:
     recent_losses: list = field(default_factory=list)
     initial_eval_loss: float | None = None
     eval_loss: float | None = None
+    # spec.evaluation results ({"baseline", "latest", "final"}: EvaluationScores wire
+    # form), kept across restarts so a resumed attempt still knows its baseline.
+    evaluation: dict = field(default_factory=dict)
 
     def to_json(self, order: datamod.DataOrder) -> dict:
         return {
@@ -78,13 +92,15 @@ class RunState:
             "recentLosses": self.recent_losses,
             "initialEvalLoss": self.initial_eval_loss,
             "evalLoss": self.eval_loss,
+            "evaluation": self.evaluation,
             "seed": order.seed,
         }
 
     @classmethod
     def from_json(cls, body: dict) -> RunState:
         return cls(body["step"], body["tokens"], body["recentLosses"],
-                   body.get("initialEvalLoss"), body.get("evalLoss"))
+                   body.get("initialEvalLoss"), body.get("evalLoss"),
+                   dict(body.get("evaluation") or {}))
 
     @property
     def train_loss(self) -> float | None:
@@ -135,17 +151,23 @@ def evaluate(model, examples, pad_id: int, batch_size: int, device) -> float | N
 
 
 def train_step(model, optimizer, scheduler, examples, batches, params, worker, training, pad_id):
-    """One optimizer step over the accumulated micro-batches; returns (loss, tokens)."""
+    """One optimizer step over the accumulated micro-batches; returns (loss, tokens).
+
+    Tokens are the real (not padding) tokens fed, counted from the examples: a packed
+    batch's attention_mask is 4D, so its sum is no token count. Packed batches need sdpa
+    attention (see `data.packed_attention_mask`), which `modeling.load_peft_model` asks
+    for when packing is on.
+    """
     import torch
 
     loss_sum, tokens = 0.0, 0
     for indices in batches:
-        batch = {k: v.to(worker.device) for k, v in
-                 datamod.collate([examples[i] for i in indices], pad_id).items()}
+        picked = [examples[i] for i in indices]
+        batch = {k: v.to(worker.device) for k, v in datamod.collate(picked, pad_id).items()}
         loss = model(**batch).loss / len(batches)
         loss.backward()
         loss_sum += float(loss.detach())
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(len(e.input_ids) for e in picked)
     worker.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
     optimizer.step()
