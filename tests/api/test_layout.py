@@ -61,7 +61,8 @@ def test_crds_carry_names_columns_and_status_subresource(generated_crds):
     def columns(crd):
         return [col["name"] for col in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
 
-    assert columns(ftj) == ["Phase", "Progress", "Loss", "Eval", "Recoveries", "Age"]
+    assert columns(ftj) == ["Phase", "Progress", "Loss", "Eval", "Recoveries", "Age",
+                            "Spot-GPU-s", "OnDemand-GPU-s", "Cost", "Saving"]
     assert columns(ms) == ["Ready", "Adapters", "Endpoint", "Age"]
 
 

@@ -35,7 +35,7 @@ def test_apply_examples_then_get_them_back(kubectl, repo):
         out = kubectl("apply", "-f", str(repo / "examples" / example)).stdout
         assert "created" in out, out
     table = kubectl("get", "ftj").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "RECOVERIES", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "RECOVERIES", "AGE"]
     assert table[1].split()[0] == "support-bot-v1"
     table = kubectl("get", "ms").stdout.splitlines()
     assert table[0].split() == ["NAME", "READY", "ADAPTERS", "ENDPOINT", "AGE"]
@@ -78,5 +78,5 @@ def test_immutable_change_is_refused_through_kubectl(kubectl, repo):
 
 def test_get_one_object_shows_the_printer_columns(kubectl):
     table = kubectl("get", "ftj", "support-bot-v1").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "RECOVERIES", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL", "RECOVERIES", "AGE"]
     assert table[1].split()[0] == "support-bot-v1"

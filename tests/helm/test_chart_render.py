@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 K8S_VERSION = "1.37.0"
 CONFIG_KEYS = {"spotProvider", "spotProfiles", "images", "storage", "watchNamespaces",
-               "trainerStatusPort"}
+               "trainerStatusPort", "pricing"}
 
 
 @pytest.mark.parametrize("scenario_name", SCENARIOS)

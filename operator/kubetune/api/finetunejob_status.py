@@ -10,7 +10,7 @@ from pydantic import Field
 
 from .common import ApiModel, Condition
 from .evaluation import EvaluationStatus
-from .usage import GpuSeconds
+from .usage import AttemptUsage, CostStatus, GpuSeconds, UsageTotals
 
 FineTunePhase = Literal[
     "Pending", "Scheduling", "Running", "Recovering", "Succeeded", "NotPromoted", "Failed"
@@ -72,6 +72,18 @@ class FineTuneJobStatus(ApiModel):
     adapter: AdapterRef | None = Field(default=None, description="The finished adapter.")
     gpu_seconds: GpuSeconds | None = Field(
         default=None, description="GPU time by capacity type, every attempt included."
+    )
+    attempts_usage: list[AttemptUsage] = Field(
+        default_factory=list,
+        description="Per attempt (the newest ones): capacity type, pods with node, start, end "
+        "and GPU-seconds, and cost.",
+    )
+    older_attempts_usage: UsageTotals | None = Field(
+        default=None, description="Totals of attempts no longer listed in attemptsUsage."
+    )
+    cost: CostStatus | None = Field(
+        default=None, description="Cost so far from the operator's price table, and the saving "
+        "against the same GPU time on demand.",
     )
     evaluation: EvaluationStatus | None = Field(
         default=None, description="Evaluation results and the promotion gate's verdict."

@@ -85,6 +85,13 @@ FINETUNEJOB = Kind(
         {"name": "Eval", "type": "string", "jsonPath": ".status.evaluation.display"},
         {"name": "Recoveries", "type": "integer", "jsonPath": ".status.recoveries"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        # -o wide: GPU time by capacity type and what spot saved (with a price table).
+        {"name": "Spot-GPU-s", "type": "number", "jsonPath": ".status.gpuSeconds.spot",
+         "priority": 1},
+        {"name": "OnDemand-GPU-s", "type": "number", "jsonPath": ".status.gpuSeconds.onDemand",
+         "priority": 1},
+        {"name": "Cost", "type": "number", "jsonPath": ".status.cost.spent", "priority": 1},
+        {"name": "Saving", "type": "string", "jsonPath": ".status.cost.display", "priority": 1},
     ),
     description="A QLoRA/LoRA fine-tune on Ray workers, spot-aware, writing a LoRA adapter "
     "to object storage.",

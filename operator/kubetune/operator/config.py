@@ -144,6 +144,35 @@ class StorageConfig(ApiModel):
     default_endpoint: str = Field(default="", description="S3 endpoint URL; empty = AWS S3.")
 
 
+class GpuPrice(ApiModel):
+    """The price of one GPU-hour on a capacity type (and instance type, if given)."""
+
+    capacity_type: CapacityType = Field(description="spot or on-demand.")
+    instance_type: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="node.kubernetes.io/instance-type; empty: any instance type.",
+    )
+    per_gpu_hour: float = Field(ge=0, le=100_000, description="Price of one GPU for an hour.")
+
+
+class PricingConfig(ApiModel):
+    """An optional price table: FineTuneJob status then shows cost and the spot saving."""
+
+    currency: str = Field(default="USD", min_length=1, max_length=8)
+    gpu_hour: list[GpuPrice] = Field(
+        default_factory=list, description="Prices per capacity type and instance type."
+    )
+
+    def price(self, capacity_type: str, instance_type: str | None) -> float | None:
+        """Per GPU-hour: an entry for the instance type first, else one for any type."""
+        exact = [p for p in self.gpu_hour if p.capacity_type == capacity_type
+                 and p.instance_type is not None and p.instance_type == instance_type]
+        wildcard = [p for p in self.gpu_hour
+                    if p.capacity_type == capacity_type and p.instance_type is None]
+        chosen = exact or wildcard
+        return chosen[0].per_gpu_hour if chosen else None
+
+
 class OperatorConfig(ApiModel):
     """Everything the operator reads from its configuration file (the Helm `config:` keys)."""
 
@@ -153,6 +182,11 @@ class OperatorConfig(ApiModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     watch_namespaces: list[str] = Field(default_factory=list)
     trainer_status_port: int = Field(default=8080, ge=1, le=65535)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+
+    def price_table(self) -> PricingConfig | None:
+        """The price table, or None when it lists no price (cost is then not shown)."""
+        return self.pricing if self.pricing.gpu_hour else None
 
     def spot_profile(self) -> SpotProfile:
         """The configured provider's profile: built-in fields, replaced by any override."""
