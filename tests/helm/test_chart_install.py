@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 ON_DEMAND = {"karpenter.sh/capacity-type": "on-demand"}
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-FINALIZER = "kubetune.dev/finalizer"
+FINALIZER = "kubetune.dev/finetunejob-cleanup"  # handlers.FINALIZER
 # Plain logs make the log assertions readable; nothing else differs from the defaults.
 VALUES = {"logFormat": "plain"}
 

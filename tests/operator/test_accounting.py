@@ -72,6 +72,11 @@ def test_a_pod_gone_with_its_node_or_deleted_closes_when_seen_gone():
     head, worker = usage[0].pods
     assert (head.end_time, head.ended_by) == (at(30), "NodeDeleted")
     assert (worker.end_time, worker.ended_by) == (at(30), "PodDeleted")
+    # A watch that saw the node's deletion gives the time itself, not the reconcile's.
+    watched = observe([], 1, [PodSighting(pod("head", 0))], GPU, at(3))
+    watched = observe(watched, 1, [PodSighting(pod("head", 0), node_gone=True, gone_at=at(21))],
+                      GPU, at(30))
+    assert watched[0].pods[0].end_time == at(21)
     # Seen again later (the pod object lingers on a deleted node): the end stays put.
     usage = observe(usage, 1, [PodSighting(pod("head", 0), node_gone=True)], GPU, at(60))
     assert usage[0].pods[0].end_time == at(30)
@@ -95,8 +100,10 @@ def test_running_pods_count_up_to_now_and_nothing_is_counted_twice():
     for t in (10, 20, 30):  # reconciles seeing the same running pod
         usage = observe(usage, 1, [PodSighting(pod("head", 0))], GPU, at(t))
     assert len(usage) == 1 and len(usage[0].pods) == 1
-    _, totals, _ = priced(usage, None, None, at(45))
+    listed, totals, _ = priced(usage, None, None, at(45))
     assert totals.spot == 45.0
+    assert listed[0].gpu_seconds == 0  # per attempt: ended pods only, so the list holds still
+    assert priced(usage, None, None, at(50))[0] == listed
 
 
 PRICES = parse_config({"pricing": {"currency": "USD", "gpuHour": [

@@ -9,15 +9,12 @@ from operator_specs import make_spec
 
 from kubetune.api import FineTuneJobStatus
 from kubetune.api.finetunejob import BackoffSpec
-from kubetune.api.usage import GpuSeconds
 from kubetune.operator.pod_state import PodState
 from kubetune.operator.recovery import (
     RecoveryState,
-    add_gpu_seconds,
     backoff_delay,
     decide,
     lost_steps,
-    pod_gpu_interval,
 )
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
@@ -311,36 +308,3 @@ def test_backoff_is_exponential_and_bounded(initial, maximum, counts, delays):
 )
 def test_lost_steps(done, checkpoint, expected):
     assert lost_steps(done, checkpoint) == expected
-
-
-def gpu_pod(capacity: str, gpus: int, start: str, finish: str | None) -> dict:
-    state = (
-        {"terminated": {"startedAt": start, "finishedAt": finish}}
-        if finish
-        else {"running": {"startedAt": start}}
-    )
-    return {
-        "metadata": {"labels": {"kubetune.dev/capacity-type": capacity}},
-        "spec": {
-            "containers": [
-                {"name": "trainer", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
-            ]
-        },
-        "status": {"containerStatuses": [{"name": "trainer", "state": state}]},
-    }
-
-
-def test_gpu_seconds_split_by_capacity_type():
-    pods = [
-        gpu_pod("spot", 2, "2026-11-21T11:00:00Z", "2026-11-21T11:10:00Z"),  # 2 GPUs x 600 s
-        gpu_pod("on-demand", 1, "2026-11-21T11:30:00Z", None),  # 1 GPU x 1800 s, still running
-    ]
-    intervals = [pod_gpu_interval(p, "nvidia.com/gpu") for p in pods]
-    total = add_gpu_seconds(GpuSeconds(spot=100.0, on_demand=0.0), intervals, NOW)
-    assert total == GpuSeconds(spot=1300.0, on_demand=1800.0)
-
-
-def test_gpu_seconds_ignore_pods_that_never_started():
-    never = {"metadata": {}, "spec": {"containers": []}, "status": {}}
-    assert pod_gpu_interval(never, "nvidia.com/gpu") is None
-    assert add_gpu_seconds(None, [], NOW) == GpuSeconds(spot=0.0, on_demand=0.0)

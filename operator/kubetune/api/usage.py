@@ -50,7 +50,10 @@ class AttemptUsage(ApiModel):
     attempt: int = Field(ge=1, description="Attempt number.")
     capacity_type: CapacityType = Field(description="Capacity the attempt ran on.")
     pods: list[PodUsage] = Field(default_factory=list, description="Its pods that started.")
-    gpu_seconds: float = Field(default=0.0, ge=0, description="GPU-seconds (so far, if running).")
+    gpu_seconds: float = Field(
+        default=0.0, ge=0,
+        description="GPU-seconds of its ended pods (running ones count in status.gpuSeconds).",
+    )
     cost: float | None = Field(default=None, ge=0, description="Cost at the configured prices.")
     on_demand_cost: float | None = Field(
         default=None, ge=0, description="What the same GPU time costs on demand."

@@ -35,6 +35,7 @@ class PodSighting:
     pod: dict
     node: dict | None = None  # the pod's node, when it was looked up and exists
     node_gone: bool = False  # the lookup said the node no longer exists
+    gone_at: datetime | None = None  # when a watch saw that node deleted, if one did
 
 
 def _container_times(pod: dict) -> tuple[datetime | None, datetime | None]:
@@ -88,7 +89,7 @@ def observe(usage: list[AttemptUsage], attempt: int, sightings: Iterable[PodSigh
         if record.end_time is None and finished is not None:
             record = _closed(record, finished, "Terminated")
         elif record.end_time is None and sighting.node_gone:
-            record = _closed(record, now, "NodeDeleted")
+            record = _closed(record, min(sighting.gone_at or now, now), "NodeDeleted")
         records[name] = record
     for name, record in list(records.items()):
         if name not in seen and record.end_time is None:
@@ -152,9 +153,11 @@ def pod_gpu_seconds(record: PodUsage, now: datetime) -> float:
 
 
 def _attempt_figures(attempt: AttemptUsage, pricing: PricingConfig | None,
-                     now: datetime) -> _Figures:
+                     now: datetime, ended_only: bool = False) -> _Figures:
     seconds = cost = equivalent = unpriced = 0.0
     for record in attempt.pods:
+        if ended_only and record.end_time is None:
+            continue
         used = pod_gpu_seconds(record, now)
         seconds += used
         if pricing is None or used == 0:
@@ -172,8 +175,10 @@ def _attempt_figures(attempt: AttemptUsage, pricing: PricingConfig | None,
 def priced(usage: list[AttemptUsage], older: UsageTotals | None,
            pricing: PricingConfig | None, now: datetime
            ) -> tuple[list[AttemptUsage], GpuSeconds, CostStatus | None]:
-    """Each attempt's GPU-seconds and cost (running pods counted up to `now`), the
-    totals by capacity type, and the job's cost against on-demand (None: no prices)."""
+    """Each attempt's GPU-seconds and cost over its ended pods, the totals by capacity
+    type with running pods counted up to `now`, and the job's cost against on-demand
+    (None: no prices). Per attempt only ended pods count, so the list (replaced whole in
+    a status patch) changes when a pod starts or ends, not with every write."""
     totals = older or UsageTotals()
     spot, on_demand = totals.gpu_seconds.spot, totals.gpu_seconds.on_demand
     spent, equivalent, unpriced = totals.cost, totals.on_demand_cost, totals.unpriced_gpu_seconds
@@ -186,10 +191,11 @@ def priced(usage: list[AttemptUsage], older: UsageTotals | None,
             on_demand += figures.gpu_seconds
         spent, equivalent = spent + figures.cost, equivalent + figures.on_demand_cost
         unpriced += figures.unpriced
+        ended = _attempt_figures(attempt, pricing, now, ended_only=True)
         result.append(attempt.model_copy(update={
-            "gpu_seconds": round(figures.gpu_seconds, 3),
-            "cost": round(figures.cost, 4) if pricing else None,
-            "on_demand_cost": round(figures.on_demand_cost, 4) if pricing else None}))
+            "gpu_seconds": round(ended.gpu_seconds, 3),
+            "cost": round(ended.cost, 4) if pricing else None,
+            "on_demand_cost": round(ended.on_demand_cost, 4) if pricing else None}))
     gpu = GpuSeconds(spot=round(spot, 3), on_demand=round(on_demand, 3))
     if pricing is None:
         return result, gpu, None

@@ -16,22 +16,24 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus, SpecError, parse_spec
 from kubetune.api.finetunejob_status import AdapterRef
+from kubetune.api.usage import UsageTotals
 
-from . import evaluation_status
+from . import accounting, evaluation_status
 from . import progress as progress_mod
 from .builders import JobMeta, build_children, needs_ray_auth
+from .cluster_view import ApiView, ClusterView, stopped_by
 from .conditions import job_conditions, status_patch
 from .config import OperatorConfig
-from .kube import FINETUNEJOBS, NODES, PODS, Kind, Kube, KubeError
+from .kube import FINETUNEJOBS, PODS, Kind, Kube, KubeError
 from .metrics import METRICS, Metrics
 from .naming import LABEL_ATTEMPT, head_pod_name, selector_labels
 from .pod_state import PodState, attempt_state, classify_missing_pod, classify_pod, parse_time
-from .recovery import Decision, RecoveryState, add_gpu_seconds, decide, pod_gpu_interval
+from .recovery import Decision, RecoveryState, decide
 
 log = logging.getLogger("kubetune.operator")
 TERMINAL = ("Succeeded", "NotPromoted", "Failed")
@@ -76,19 +78,24 @@ def read_status(body: dict) -> FineTuneJobStatus:
 
 
 class FineTuneService:
-    """All decisions about FineTuneJobs; I/O only through `kube`, `emit` and `poll`."""
+    """All decisions about FineTuneJobs; I/O only through `kube`, `emit`, `poll` and the
+    view pods and nodes are read from (`view`: the API unless a reconcile brings a
+    snapshot of the operator's watch caches, see `cluster_view`)."""
 
     def __init__(self, kube: Kube, config: OperatorConfig, emit: Emit,
                  now: Callable[[], datetime] = utcnow, poll=progress_mod.fetch,
-                 metrics: Metrics = METRICS):
+                 metrics: Metrics = METRICS, view: ClusterView | None = None):
         self.kube, self.config, self.emit, self.now = kube, config, emit, now
         self.poll, self.metrics = poll, metrics
+        self.view = view or ApiView(kube)
         self.profile = config.spot_profile()
 
     # --- entry point ------------------------------------------------------------------
-    def reconcile(self, body: dict, sync_children: bool = False) -> Result:
+    def reconcile(self, body: dict, sync_children: bool = False,
+                  view: ClusterView | None = None) -> Result:
         """`sync_children`: also bring the ConfigMap and Service in line with the spec
-        (on create/resume/update; the timer only watches pods)."""
+        (on create/resume/update; the timer only watches pods). `view`: where this
+        reconcile reads pods and nodes (default: the service's own)."""
         self.metrics.inc("reconciles_total")
         meta = body["metadata"]
         status = read_status(body)
@@ -110,32 +117,41 @@ class FineTuneService:
         if status.phase == "Failed" and status.conditions and \
                 status.conditions[0].reason == INVALID_SPEC:
             status = FineTuneJobStatus()  # the spec was fixed: start afresh
-        return self._reconcile(body, job, spec, status, children, sync_children)
+        return self._reconcile(body, job, spec, status, children, sync_children,
+                               view or self.view)
 
-    def _reconcile(self, body, job: JobMeta, spec: FineTuneJobSpec,
-                   status: FineTuneJobStatus, children: list[dict], sync: bool) -> Result:
+    def _reconcile(self, body, job: JobMeta, spec: FineTuneJobSpec, status: FineTuneJobStatus,
+                   children: list[dict], sync: bool, view: ClusterView) -> Result:
         state = (RecoveryState.from_status(spec, status, status.attempt) if status.attempt
                  else RecoveryState.initial(spec))
-        pods = self.kube.list(PODS, job.namespace, selector_labels(job.name))
+        pods = view.pods(job.namespace, selector_labels(job.name))
+        if any(attempt_of(p) > state.attempt for p in pods):
+            # Pods of a later attempt than this status knows: the body predates the
+            # write that started them (a watch a moment behind). Never act on it.
+            return Result(status.phase, conflict=True, retry_after=1.0)
         current = [p for p in pods if attempt_of(p) == state.attempt]
-        stale = [p for p in pods if attempt_of(p) != state.attempt and _is_attempt_pod(p)]
-        for pod in stale:
-            if not pod["metadata"].get("deletionTimestamp"):
-                self.kube.delete(PODS, pod["metadata"]["name"], job.namespace)
+        stale = [p for p in pods if attempt_of(p) < state.attempt and _is_attempt_pod(p)]
+        held = self._clear_stale(job, stale, view)
         wanted_pods = [c for c in children if c["kind"] == "Pod"]
         # An attempt counts as started once the status write after creating its pods
         # cleared nextAttemptAfter; from then on a missing pod is a lost pod.
         started = status.attempt is not None and status.next_attempt_after is None
         if not current and not started:
-            return self._start_attempt(body, job, status, state, children, blocked=bool(stale))
+            return _sooner(self._start_attempt(body, job, status, state, children,
+                                               blocked=bool(stale)), held)
         if sync:  # the token Secret matters only when pods are created: skip it here
             self._ensure(job, [c for c in children if c["kind"] not in ("Pod", "Secret")],
                          likely_exist=True)
-        outcome, by_name = self._observe(wanted_pods, current)
+        observed = self._observe(view, wanted_pods, current)
+        if observed is None:  # the snapshot lacks a pod or a node: only the API can tell
+            return self._reconcile(body, job, spec, status, children, False, view.confirmed())
+        outcome, by_name, sightings, stopping = observed
         if outcome.kind == "Preempted" and not outcome.terminated:
-            return self._drain(body, job, status, state, outcome, current)
+            return _sooner(self._drain(body, spec, status, state, outcome, sightings), stopping)
         decision = decide(spec, state, outcome, self.now())
-        new = self._next_status(body, spec, status, decision, outcome, current, by_name)
+        if _nothing_new(status, decision):
+            return Result(status.phase)
+        new = self._next_status(body, spec, status, decision, outcome, sightings, by_name)
         result = self._commit(body, status, new, decision)
         if result.wrote_status and (decision.starts_new_attempt or decision.action in
                                     ("succeed", "fail")):
@@ -164,32 +180,89 @@ class FineTuneService:
             else:
                 self.kube.ensure(child, likely_exists=likely_exist)
 
-    def _observe(self, wanted_pods: list[dict], current: list[dict]):
-        """One PodState for the attempt: head plus workers, missing ones counted as lost."""
+    def _observe(self, view: ClusterView, wanted_pods: list[dict], current: list[dict]):
+        """One PodState for the attempt: head plus workers, missing ones counted as lost;
+        each existing pod with its node as seen, for the GPU-time records; and when to
+        look again if a pod on a deleted Node is not yet counted as stopped.
+
+        None when `view` is a snapshot that lacks a pod or a node: an absence in a cache
+        may just be an event not yet arrived, and a lost pod or a deleted node ends the
+        attempt, so the caller asks the API. A pod gone together with its node (the pod
+        watch saw on which node it ran, and that node is gone too) was reclaimed with
+        its machine; other missing pods were deleted by someone."""
         by_name = {p["metadata"]["name"]: p for p in current}
         nodes: dict[str, dict | None] = {}
-        states = []
+        states, sightings = [], []
+        now, held = self.now(), None
+
+        def node_of(name: str) -> dict | None:
+            if name not in nodes:
+                nodes[name] = view.node(name)
+            return nodes[name]
+
         for wanted in wanted_pods:
             pod = by_name.get(wanted["metadata"]["name"])
             if pod is None:
-                states.append(classify_missing_pod(None))
+                if not view.authoritative:
+                    return None
+                last = view.memory.pod_nodes.get((wanted["metadata"]["name"], attempt_of(wanted)))
+                states.append(classify_missing_pod(False if last and node_of(last) is None
+                                                   else None))
                 continue
             node_name = (pod.get("spec") or {}).get("nodeName")
             node, exists = None, None
             if node_name and not _finished(pod):
-                if node_name not in nodes:
-                    nodes[node_name] = self.kube.get(NODES, node_name)
-                node = nodes[node_name]
+                node = node_of(node_name)
+                if node is None and not view.authoritative:
+                    return None
                 exists = node is not None
-            states.append(classify_pod(pod, node, exists, self.profile))
-        return attempt_state(states[0], states[1:]), by_name
+            state = classify_pod(pod, node, exists, self.profile)
+            if exists is False and not state.terminated:
+                stopped = stopped_by(pod, view.memory.nodes_gone.get(node_name))
+                if stopped is not None and stopped <= now:
+                    state = replace(state, terminated=True)
+                elif stopped is not None:
+                    held = stopped if held is None else min(held, stopped)
+            states.append(state)
+            gone_at = view.memory.nodes_gone.get(node_name) if exists is False else None
+            sightings.append(accounting.PodSighting(pod, node, node_gone=exists is False,
+                                                    gone_at=gone_at))
+        wait = (held - now).total_seconds() if held is not None else None
+        return attempt_state(states[0], states[1:]), by_name, sightings, wait
 
-    def _drain(self, body, job, status, state, outcome: PodState, current: list[dict]):
+    def _clear_stale(self, job: JobMeta, stale: list[dict], view: ClusterView) -> float | None:
+        """Delete the pods of ended attempts (each by uid: a cache's old pod must never
+        hit a new one of the same name). One stuck terminating on a deleted Node is
+        force-deleted once it has surely stopped (`stopped_by`, the API confirming the
+        Node is gone): no kubelet will ever confirm it, and the next attempt's pod needs
+        its name. Returns the seconds until such a pod may go, if one must still wait."""
+        now, held, api = self.now(), None, None
+        for pod in stale:
+            meta, node = pod["metadata"], (pod.get("spec") or {}).get("nodeName")
+            if not meta.get("deletionTimestamp"):
+                self.kube.delete(PODS, meta["name"], job.namespace, uid=meta.get("uid"))
+                continue
+            stopped = stopped_by(pod, view.memory.nodes_gone.get(node)) if node else None
+            if stopped is None:
+                continue
+            if stopped > now:
+                held = stopped if held is None else min(held, stopped)
+                continue
+            api = api or view.confirmed()
+            if api.node(node) is None:
+                self.kube.delete(PODS, meta["name"], job.namespace, uid=meta.get("uid"),
+                                 grace_seconds=0)
+        return (held - now).total_seconds() if held is not None else None
+
+    def _drain(self, body, spec, status, state, outcome: PodState, sightings: list):
         """A preempted attempt whose pods still run: they are saving a checkpoint (or, on
         a node with an interruption taint, about to be drained by the cloud's handler).
-        Nothing is counted until they stopped; the next attempt must not race them."""
+        Nothing is counted until they stopped; the next attempt must not race them. Their
+        GPU time is recorded meanwhile: a pod whose node is gone stops counting now, not
+        when pod GC gets round to deleting it."""
         message = f"preempted ({outcome.reason}); waiting for the pods to save a checkpoint"
         new = self._base_status(body, status, "Recovering", outcome.reason, message, state)
+        new = self._account(new, spec, state.attempt, sightings, self.now(), ended=False)
         return self._commit(body, status, new, None)
 
     def _end_attempt(self, job: JobMeta, current: list[dict], keep_head: bool) -> None:
@@ -215,7 +288,7 @@ class FineTuneService:
         })
 
     def _next_status(self, body, spec, status: FineTuneJobStatus, decision: Decision,
-                     outcome: PodState, current: list[dict], by_name: dict) -> FineTuneJobStatus:
+                     outcome: PodState, sightings: list, by_name: dict) -> FineTuneJobStatus:
         now = self.now()
         new = self._base_status(body, status, decision.phase, decision.reason,
                                 decision.message, decision.next)
@@ -237,14 +310,37 @@ class FineTuneService:
         if decision.starts_new_attempt:
             new = new.model_copy(update={
                 "next_attempt_after": now + timedelta(seconds=decision.delay_seconds)})
-        if decision.starts_new_attempt or decision.action in ("succeed", "fail"):
-            intervals = [i for i in (pod_gpu_interval(p, spec.resources.gpu_resource_name)
-                                     for p in current) if i is not None]
-            new = new.model_copy(update={
-                "gpu_seconds": add_gpu_seconds(status.gpu_seconds, intervals, now)})
+        new = self._account(new, spec, status.attempt or 1, sightings, now,
+                            ended=decision.starts_new_attempt or decision.action in
+                            ("succeed", "fail"))
         if decision.action == "fail":
             new = new.model_copy(update={"completion_time": now})
         return new
+
+    def _account(self, new: FineTuneJobStatus, spec, attempt: int, sightings, now,
+                 ended: bool) -> FineTuneJobStatus:
+        """Open and close the attempt's GPU-time records; when the attempt ends, close
+        what still runs (its pods are deleted after this write) and total it all up."""
+        if not new.attempts_usage and new.older_attempts_usage is None and new.gpu_seconds:
+            # Totals written before per-attempt records existed: keep them as the past.
+            new = new.model_copy(update={
+                "older_attempts_usage": UsageTotals(gpu_seconds=new.gpu_seconds)})
+        usage = accounting.observe(new.attempts_usage, attempt, sightings,
+                                   spec.resources.gpu_resource_name, now)
+        if ended:
+            usage = accounting.close_attempt(usage, attempt, now)
+        new = new.model_copy(update={"attempts_usage": usage})
+        return self._priced(new, now) if ended else new
+
+    def _priced(self, new: FineTuneJobStatus, now) -> FineTuneJobStatus:
+        """Totals by capacity type and cost, running pods counted up to `now`. Done when
+        an attempt ends and whenever the status is written anyway (see `_commit`), so
+        that an idle job's running GPU time never causes a write of its own."""
+        table = self.config.price_table()
+        usage, older = accounting.trim(new.attempts_usage, new.older_attempts_usage, table, now)
+        usage, gpu, cost = accounting.priced(usage, older, table, now)
+        return new.model_copy(update={"attempts_usage": usage, "older_attempts_usage": older,
+                                      "gpu_seconds": gpu, "cost": cost})
 
     def _succeeded(self, new: FineTuneJobStatus, summary: dict, now) -> FineTuneJobStatus:
         adapter = summary.get("adapter") if isinstance(summary, dict) else None
@@ -294,6 +390,9 @@ class FineTuneService:
         patch = status_patch(body.get("status") or {}, new.to_wire())
         if patch is None:
             return Result(new.phase)
+        if new.attempts_usage:
+            new = self._priced(new, self.now())
+            patch = status_patch(body.get("status") or {}, new.to_wire())
         meta = body["metadata"]
         patch["metadata"] = {"resourceVersion": meta.get("resourceVersion")}
         try:
@@ -321,6 +420,23 @@ class FineTuneService:
             decision is not None and decision.action == "retry")
         why = reason or new.conditions[0].reason
         self.emit(body, "Warning" if warning else "Normal", why, new.message or new.phase)
+
+
+def _nothing_new(status: FineTuneJobStatus, decision: Decision) -> bool:
+    """Pods just created that the scheduler has not looked at yet: "pods pending
+    (Scheduling)" tells nothing the attempt's PodsCreated status does not, and watching
+    pods sees this state on every attempt, a moment before the scheduler's verdict (a
+    node, or Unschedulable and why), which is written when it comes."""
+    return (decision.action == "wait" and decision.reason == "Scheduling"
+            and status.phase == "Scheduling" and bool(status.conditions)
+            and status.conditions[0].reason == "PodsCreated")
+
+
+def _sooner(result: Result, seconds: float | None) -> Result:
+    """`result`, asking to come back within `seconds` too."""
+    if seconds is None or (result.retry_after is not None and result.retry_after <= seconds):
+        return result
+    return replace(result, retry_after=max(0.2, seconds))
 
 
 def _is_attempt_pod(pod: dict) -> bool:

@@ -152,14 +152,20 @@ class Kube:
         return self._call("PATCH", kind.path(namespace, name, subresource), patch,
                           content_type="application/merge-patch+json")
 
-    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
-        """True when a delete was issued, False when it was already gone."""
+    def delete(self, kind: Kind, name: str, namespace: str | None = None,
+               uid: str | None = None, grace_seconds: int | None = None) -> bool:
+        """True when a delete was issued, False when it was already gone. `uid`: only
+        that object (a newer one of the same name answers 409, and stays). `grace_seconds`:
+        0 removes a pod at once, without waiting for a kubelet to confirm it stopped."""
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         try:
-            self._call("DELETE", kind.path(namespace, name),
-                       {"kind": "DeleteOptions", "apiVersion": "v1",
-                        "propagationPolicy": "Background"})
+            self._call("DELETE", kind.path(namespace, name), options)
         except KubeError as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (uid and exc.status == 409):
                 return False
             raise
         return True

@@ -18,6 +18,7 @@ HELP = {
     "error_retries_total": "New attempts started after a trainer error.",
     "errors_total": "Reconciles that raised an unexpected error.",
     "status_writes_total": "FineTuneJob status writes.",
+    "watch_triggers_total": "Pod or node changes that triggered a FineTuneJob reconcile.",
 }
 
 

@@ -18,11 +18,9 @@ from typing import Literal
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.finetunejob import BackoffSpec, SpotPolicy
 from kubetune.api.finetunejob_status import FineTunePhase
-from kubetune.api.usage import GpuSeconds
 
 from .config import CapacityType
-from .naming import LABEL_CAPACITY
-from .pod_state import PodState, main_container_status, parse_time
+from .pod_state import PodState
 
 Action = Literal["wait", "succeed", "recover", "retry", "fallback", "fail"]
 # Pending reasons that mean "no node has room", as opposed to e.g. an image pull error
@@ -224,50 +222,3 @@ def lost_steps(steps_done: int | None, checkpoint_step: int | None) -> int:
     if not steps_done:
         return 0
     return max(0, steps_done - (checkpoint_step or 0))
-
-
-@dataclass(frozen=True)
-class GpuInterval:
-    """GPUs one pod held, on which capacity type, for how long."""
-
-    capacity_type: CapacityType
-    gpus: int
-    started_at: datetime
-    finished_at: datetime | None
-
-    def gpu_seconds(self, now: datetime) -> float:
-        end = self.finished_at or now
-        return max(0.0, (end - self.started_at).total_seconds()) * self.gpus
-
-
-def pod_gpu_interval(pod: dict, gpu_resource_name: str) -> GpuInterval | None:
-    """The time a pod's main container ran, or None if it never started."""
-    status = main_container_status(pod) or {}
-    state = status.get("state") or {}
-    running, terminated = state.get("running"), state.get("terminated")
-    started = parse_time((terminated or running or {}).get("startedAt"))
-    if started is None:
-        return None
-    gpus = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        limits = (container.get("resources") or {}).get("limits") or {}
-        gpus += int(limits.get(gpu_resource_name, 0))
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    capacity = "spot" if labels.get(LABEL_CAPACITY) == "spot" else "on-demand"
-    finished = parse_time(terminated.get("finishedAt")) if terminated else None
-    return GpuInterval(capacity, gpus, started, finished)
-
-
-def add_gpu_seconds(
-    total: GpuSeconds | None, intervals: list[GpuInterval], now: datetime
-) -> GpuSeconds:
-    """`total` plus the intervals, split by capacity type. Add an attempt's pods once,
-    in the same status write that moves to the next attempt."""
-    spot = total.spot if total else 0.0
-    on_demand = total.on_demand if total else 0.0
-    for interval in intervals:
-        if interval.capacity_type == "spot":
-            spot += interval.gpu_seconds(now)
-        else:
-            on_demand += interval.gpu_seconds(now)
-    return GpuSeconds(spot=round(spot, 3), on_demand=round(on_demand, 3))
