@@ -14,7 +14,9 @@ def vllm_greedy(vllm, model: str) -> tuple[list[int], list[int]]:
     client = openai.OpenAI(base_url=vllm.url + "/v1", api_key="x", max_retries=0, timeout=60)
     response = client.completions.create(
         model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
-        extra_body={"return_token_ids": True},
+        # min_tokens: the comparison spans MAX_TOKENS tokens even if a random adapter on
+        # the pre-trained base would stop at once (its greedy first token can be EOS).
+        extra_body={"return_token_ids": True, "min_tokens": MAX_TOKENS},
     )
     choice = response.choices[0]
     return choice.prompt_token_ids, choice.token_ids
@@ -40,7 +42,8 @@ def peft_greedy(base_dir, adapter_dir, prompt_ids: list[int]) -> tuple[list[int]
     with torch.no_grad():
         output = model.generate(
             input_ids=torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids)),
-            do_sample=False, max_new_tokens=MAX_TOKENS, pad_token_id=0,
+            do_sample=False, max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
+            pad_token_id=0,
         )
     return until_eos(output[0, len(prompt_ids):].tolist(), eos), eos
 
