@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polling
+
 from kubetune.devenv.kubeapi import FINETUNEJOBS, PODS, ApiError, KubeHttp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,13 +24,8 @@ INTERVAL = "2"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """tests/polling.py's poller, with the timeout first as these tests pass it."""
+    return polling.wait_for(predicate, what, timeout=timeout, interval=interval)
 
 
 def finetunejob(name: str, model: Path | str, endpoint: str, **overrides) -> dict:

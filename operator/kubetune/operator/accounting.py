@@ -121,10 +121,17 @@ def trim(usage: list[AttemptUsage], older: UsageTotals | None, pricing: PricingC
     if len(usage) <= MAX_ATTEMPTS_LISTED:
         return usage, older
     dropped, kept = usage[:-MAX_ATTEMPTS_LISTED], usage[-MAX_ATTEMPTS_LISTED:]
+    return kept, _accumulate(dropped, older, pricing, now)
+
+
+def _accumulate(attempts: list[AttemptUsage], older: UsageTotals | None,
+                pricing: PricingConfig | None, now: datetime) -> UsageTotals:
+    """`older` plus every pod of `attempts` (running ones up to `now`), unrounded sums
+    rounded once at the end."""
     totals = older or UsageTotals()
     spot, on_demand = totals.gpu_seconds.spot, totals.gpu_seconds.on_demand
     cost, equivalent, unpriced = totals.cost, totals.on_demand_cost, totals.unpriced_gpu_seconds
-    for attempt in dropped:
+    for attempt in attempts:
         figures = _attempt_figures(attempt, pricing, now)
         if attempt.capacity_type == "spot":
             spot += figures.gpu_seconds
@@ -132,8 +139,8 @@ def trim(usage: list[AttemptUsage], older: UsageTotals | None, pricing: PricingC
             on_demand += figures.gpu_seconds
         cost, equivalent = cost + figures.cost, equivalent + figures.on_demand_cost
         unpriced += figures.unpriced
-    return kept, UsageTotals(
-        attempts=totals.attempts + len(dropped),
+    return UsageTotals(
+        attempts=totals.attempts + len(attempts),
         gpu_seconds=GpuSeconds(spot=round(spot, 3), on_demand=round(on_demand, 3)),
         cost=round(cost, 4), on_demand_cost=round(equivalent, 4),
         unpriced_gpu_seconds=round(unpriced, 3))
@@ -179,24 +186,16 @@ def priced(usage: list[AttemptUsage], older: UsageTotals | None,
     type with running pods counted up to `now`, and the job's cost against on-demand
     (None: no prices). Per attempt only ended pods count, so the list (replaced whole in
     a status patch) changes when a pod starts or ends, not with every write."""
-    totals = older or UsageTotals()
-    spot, on_demand = totals.gpu_seconds.spot, totals.gpu_seconds.on_demand
-    spent, equivalent, unpriced = totals.cost, totals.on_demand_cost, totals.unpriced_gpu_seconds
     result = []
     for attempt in usage:
-        figures = _attempt_figures(attempt, pricing, now)
-        if attempt.capacity_type == "spot":
-            spot += figures.gpu_seconds
-        else:
-            on_demand += figures.gpu_seconds
-        spent, equivalent = spent + figures.cost, equivalent + figures.on_demand_cost
-        unpriced += figures.unpriced
         ended = _attempt_figures(attempt, pricing, now, ended_only=True)
         result.append(attempt.model_copy(update={
             "gpu_seconds": round(ended.gpu_seconds, 3),
             "cost": round(ended.cost, 4) if pricing else None,
             "on_demand_cost": round(ended.on_demand_cost, 4) if pricing else None}))
-    gpu = GpuSeconds(spot=round(spot, 3), on_demand=round(on_demand, 3))
+    sums = _accumulate(usage, older, pricing, now)
+    gpu, spent, equivalent = sums.gpu_seconds, sums.cost, sums.on_demand_cost
+    unpriced = sums.unpriced_gpu_seconds
     if pricing is None:
         return result, gpu, None
     saving = equivalent - spent
