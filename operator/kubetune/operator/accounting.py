@@ -121,13 +121,27 @@ def trim(usage: list[AttemptUsage], older: UsageTotals | None, pricing: PricingC
     if len(usage) <= MAX_ATTEMPTS_LISTED:
         return usage, older
     dropped, kept = usage[:-MAX_ATTEMPTS_LISTED], usage[-MAX_ATTEMPTS_LISTED:]
-    return kept, _accumulate(dropped, older, pricing, now)
+    sums = _accumulate(dropped, older, pricing, now)
+    return kept, UsageTotals(
+        attempts=sums.attempts,
+        gpu_seconds=GpuSeconds(spot=round(sums.spot, 3), on_demand=round(sums.on_demand, 3)),
+        cost=round(sums.cost, 4), on_demand_cost=round(sums.equivalent, 4),
+        unpriced_gpu_seconds=round(sums.unpriced, 3))
+
+
+@dataclass(frozen=True)
+class _Sums:
+    attempts: int
+    spot: float
+    on_demand: float
+    cost: float
+    equivalent: float
+    unpriced: float
 
 
 def _accumulate(attempts: list[AttemptUsage], older: UsageTotals | None,
-                pricing: PricingConfig | None, now: datetime) -> UsageTotals:
-    """`older` plus every pod of `attempts` (running ones up to `now`), unrounded sums
-    rounded once at the end."""
+                pricing: PricingConfig | None, now: datetime) -> _Sums:
+    """`older` plus every pod of `attempts` (running ones up to `now`), unrounded."""
     totals = older or UsageTotals()
     spot, on_demand = totals.gpu_seconds.spot, totals.gpu_seconds.on_demand
     cost, equivalent, unpriced = totals.cost, totals.on_demand_cost, totals.unpriced_gpu_seconds
@@ -139,11 +153,7 @@ def _accumulate(attempts: list[AttemptUsage], older: UsageTotals | None,
             on_demand += figures.gpu_seconds
         cost, equivalent = cost + figures.cost, equivalent + figures.on_demand_cost
         unpriced += figures.unpriced
-    return UsageTotals(
-        attempts=totals.attempts + len(attempts),
-        gpu_seconds=GpuSeconds(spot=round(spot, 3), on_demand=round(on_demand, 3)),
-        cost=round(cost, 4), on_demand_cost=round(equivalent, 4),
-        unpriced_gpu_seconds=round(unpriced, 3))
+    return _Sums(totals.attempts + len(attempts), spot, on_demand, cost, equivalent, unpriced)
 
 
 @dataclass(frozen=True)
@@ -194,8 +204,8 @@ def priced(usage: list[AttemptUsage], older: UsageTotals | None,
             "cost": round(ended.cost, 4) if pricing else None,
             "on_demand_cost": round(ended.on_demand_cost, 4) if pricing else None}))
     sums = _accumulate(usage, older, pricing, now)
-    gpu, spent, equivalent = sums.gpu_seconds, sums.cost, sums.on_demand_cost
-    unpriced = sums.unpriced_gpu_seconds
+    gpu = GpuSeconds(spot=round(sums.spot, 3), on_demand=round(sums.on_demand, 3))
+    spent, equivalent, unpriced = sums.cost, sums.equivalent, sums.unpriced
     if pricing is None:
         return result, gpu, None
     saving = equivalent - spent
