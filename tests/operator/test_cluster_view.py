@@ -18,7 +18,7 @@ from kubetune.operator.cluster_view import (
     trim_pod,
 )
 from kubetune.operator import accounting
-from kubetune.operator.config import OperatorConfig
+from kubetune.operator.config import OperatorConfig, parse_config
 from kubetune.operator.pod_state import classify_pod
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -96,16 +96,27 @@ def test_node_signature_is_its_taints():
                                   "spec": {"taints": tainted["spec"]["taints"]}}
 
 
-def test_a_pod_on_a_deleted_node_counts_as_stopped_after_its_grace_period():
+def test_a_pod_on_a_deleted_node_counts_as_stopped_when_the_deletion_was_seen():
     pod = trim_pod(full_pod())
     assert stopped_by(pod, None) is None  # no watch saw the node go: pod GC decides
-    assert stopped_by(pod, T0) == T0 + timedelta(seconds=30)
+    assert stopped_by(pod, T0) == T0  # the machine went with its Node
+    assert OperatorConfig().spot_profile().deleted_node_pods == "Stopped"
+
+
+def test_a_pod_on_a_deleted_node_counts_as_stopped_after_its_grace_period_if_asked():
+    pod = trim_pod(full_pod())
+    assert stopped_by(pod, None, wait_grace=True) is None
+    assert stopped_by(pod, T0, wait_grace=True) == T0 + timedelta(seconds=30)
     pod["spec"].pop("terminationGracePeriodSeconds")
-    assert stopped_by(pod, T0) == T0 + timedelta(seconds=30)  # the API server's default
+    assert stopped_by(pod, T0, wait_grace=True) == T0 + timedelta(seconds=30)  # the default
     pod["spec"]["terminationGracePeriodSeconds"] = 6
-    assert stopped_by(pod, T0) == T0 + timedelta(seconds=6)
+    assert stopped_by(pod, T0, wait_grace=True) == T0 + timedelta(seconds=6)
     pod["metadata"]["deletionGracePeriodSeconds"] = 40  # a longer grace asked on delete
-    assert stopped_by(pod, T0) == T0 + timedelta(seconds=40)
+    assert stopped_by(pod, T0, wait_grace=True) == T0 + timedelta(seconds=40)
+    custom = parse_config({"spotProvider": "karpenter", "spotProfiles": {
+        "karpenter": {"deletedNodePods": "AfterGracePeriod"}}})
+    assert custom.spot_profile().deleted_node_pods == "AfterGracePeriod"
+    assert custom.spot_profile().spot_node_selector == {"karpenter.sh/capacity-type": "spot"}
 
 
 class NoKube:

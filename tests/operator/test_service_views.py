@@ -1,7 +1,8 @@
 """The service reading pods and nodes from a snapshot of the watch caches: an idle
 reconcile makes no request; an absence in the cache is checked with the API before it
 ends an attempt; a body older than the pods is never acted on; a pod on a deleted node
-counts as stopped after its grace period and is then removed. A fake API records calls."""
+counts as stopped (at once, or after its grace period) and is then removed. A fake API
+records calls."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from operator_specs import BASE_SPEC, merge
 
 from kubetune.operator.cluster_view import ApiView, Memory, SnapshotView, has_labels
-from kubetune.operator.config import OperatorConfig
+from kubetune.operator.config import OperatorConfig, parse_config
 from kubetune.operator.finetune_service import FineTuneService
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -84,7 +85,7 @@ class Clock:
         return self.now
 
 
-def started_job():
+def started_job(config: OperatorConfig | None = None):
     """A job whose attempt 1 was created and is running on spot-1 (as seen by the API)."""
     body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": "j", "namespace": "ns", "uid": "job-uid", "generation": 1,
@@ -93,8 +94,8 @@ def started_job():
                                                "backoff": {"initialSeconds": 0,
                                                            "maxSeconds": 0}}})}
     api, clock = FakeApi(body), Clock()
-    service = FineTuneService(api, OperatorConfig(), emit=lambda *a: None, now=clock,
-                              poll=lambda pod, port: None)
+    service = FineTuneService(api, config or OperatorConfig(), emit=lambda *a: None,
+                              now=clock, poll=lambda pod, port: None)
     service.reconcile(copy.deepcopy(api.job), sync_children=True)  # creates attempt 1
     service.reconcile(copy.deepcopy(api.job))  # sees it running
     api.take()
@@ -135,8 +136,21 @@ def test_pods_of_a_later_attempt_than_the_body_knows_are_never_touched():
     assert result.conflict and result.retry_after and api.take() == []
 
 
-def test_a_pod_on_a_deleted_node_waits_out_its_grace_period_then_is_recovered_and_removed():
+def test_a_pod_on_a_deleted_node_counts_as_stopped_at_once_and_is_recovered():
+    """The default (`deletedNodePods: Stopped`): the machine went with its Node."""
     api, service, clock = started_job()
+    del api.nodes["spot-1"]
+    gone = Memory(nodes_gone={"spot-1": T0})
+    clock.now = T0 + timedelta(seconds=0.1)
+    service.reconcile(copy.deepcopy(api.job), view=snapshot(api, memory=gone))
+    status = api.job["status"]
+    assert (status["attempt"], status["recoveries"], status["phase"]) == (2, 1, "Recovering")
+    assert ("delete", "j-head", None, None) in api.take()
+
+
+def test_a_pod_on_a_deleted_node_waits_out_its_grace_period_then_is_recovered_and_removed():
+    api, service, clock = started_job(parse_config({"spotProfiles": {
+        "karpenter": {"deletedNodePods": "AfterGracePeriod"}}}))
     del api.nodes["spot-1"]
     gone = Memory(nodes_gone={"spot-1": T0})
     clock.now = T0 + timedelta(seconds=2)  # grace: checkpointBudgetSeconds 1 + 5

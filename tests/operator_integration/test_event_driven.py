@@ -27,9 +27,9 @@ pytestmark = pytest.mark.integration
 IMAGE = "bench.local/sleeper:1"
 LONG_TIMER = {"KUBETUNE_RECONCILE_INTERVAL": "60"}
 # Eviction and taint: the watch sees the pod end at once (the stand-in exits on SIGTERM;
-# spot backoff is 0). Node deleted: no kubelet reports the pod's end, so it counts as
-# stopped when its grace period (checkpointBudgetSeconds 1 + 5 s) has passed.
-PROMPT, AFTER_GRACE = 5.0, 15.0
+# spot backoff is 0). Node deleted: no kubelet reports the pod's end; it counts as
+# stopped when the node watch saw the Node go (the default `deletedNodePods: Stopped`).
+PROMPT = 5.0
 
 
 def sleeper_image(folder: Path) -> dict:
@@ -107,7 +107,7 @@ def test_eviction_taint_and_node_deletion_each_start_the_next_attempt_at_once(sl
         assert node == "spot-2"
         agent.add_node(NodeTemplate("spot-3", SPOT))
         spot.delete_node(cluster.api, node)
-        deleted = next_attempt_within(cluster, "spotty", 4, AFTER_GRACE)
+        deleted = next_attempt_within(cluster, "spotty", 4, PROMPT)
         print(f"next attempt after: eviction {evicted:.2f}s, taint {tainted:.2f}s, "
               f"node deleted {deleted:.2f}s (timer 60 s)")
         status = wait_for(lambda: (s := cluster.status("spotty")).get("attempt") == 4 and s,

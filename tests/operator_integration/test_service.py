@@ -9,13 +9,13 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ftj_harness import SPOT, create_until_accepted, finetunejob
+from ftj_harness import SPOT, create_until_accepted, finetunejob, wait_for
 
 from kubetune.devenv.controlplane import Identity
 from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SECRETS, SERVICES
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.finalizer import Finalizer
-from kubetune.operator.finetune_service import FineTuneService, SpecRefused
+from kubetune.operator.finetune_service import VERDICT_WAIT_SECONDS, FineTuneService, SpecRefused
 from kubetune.operator.kube import Kube, new_api_client
 
 pytestmark = pytest.mark.integration
@@ -95,11 +95,23 @@ def reconcile(cluster, service, name="svc", sync=False):
     return service.reconcile(cluster.job(name), sync_children=sync)
 
 
+def first_status(cluster, service, clock, name="svc"):
+    """The attempt's first status write, once its pods exist: at the scheduler's verdict
+    or, none having come, when the wait for it is over."""
+    clock.advance(VERDICT_WAIT_SECONDS)
+    result = reconcile(cluster, service, name)
+    assert result.wrote_status, result
+    return result
+
+
 def test_creates_children_once_with_owner_refs_then_writes_nothing_when_unchanged(env):
     cluster, kube, service, events, clock, _ = env
     job = apply(cluster)
     result = reconcile(cluster, service, sync=True)
-    assert result.wrote_status and result.phase == "Scheduling"
+    # The pods are created; the status write waits for the scheduler's verdict on them.
+    assert not result.wrote_status and result.retry_after == VERDICT_WAIT_SECONDS
+    assert not cluster.status("svc")
+    assert first_status(cluster, service, clock).phase == "Scheduling"
     head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "1"
@@ -119,6 +131,33 @@ def test_creates_children_once_with_owner_refs_then_writes_nothing_when_unchange
     assert len([p for p in cluster.pods() if p["metadata"]["name"] == "svc-head"]) == 1
 
 
+def test_the_first_status_write_carries_the_schedulers_verdict(env):
+    """One status write and one Event start an attempt: its pods created, then the real
+    scheduler's verdict on them (no node fits), not "created" and then the verdict."""
+    cluster, kube, service, events, clock, _ = env
+    apply(cluster)
+    reconcile(cluster, service, sync=True)
+
+    def verdict():
+        pod = cluster.api.get(PODS, "svc-head", cluster.namespace)
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "PodScheduled"), None)
+
+    wait_for(verdict, 30, "the scheduler's verdict")
+    before = kube.requests["PATCH"]
+    result = reconcile(cluster, service)  # within the wait: the verdict is already there
+    assert result.wrote_status and kube.requests["PATCH"] - before == 1
+    status = cluster.status("svc")
+    assert (status["phase"], status["attempt"], status["observedGeneration"]) == ("Scheduling", 1, 1)
+    assert "nextAttemptAfter" not in status
+    assert status["conditions"][0]["reason"] == "Unschedulable", status["conditions"]
+    assert events == [("Normal", "PodsCreated", "attempt 1 created on spot capacity; "
+                       f"pods pending (Unschedulable): {verdict()['message']}")]
+    before = kube.requests["PATCH"]
+    assert not reconcile(cluster, service).wrote_status  # started: nothing new to say
+    assert kube.requests["PATCH"] == before and len(events) == 1
+
+
 def test_configmap_is_patched_only_when_the_spec_changed(env):
     cluster, kube, service, *_ = env
     apply(cluster)
@@ -136,6 +175,7 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     cluster, kube, service, events, clock, polls = env
     apply(cluster)
     reconcile(cluster, service, sync=True)
+    first_status(cluster, service, clock)
     add_node(cluster, "spot-1", SPOT)
     run_pod(cluster, "svc-head")
     polls.append({"phase": "Training", "step": 6, "totalSteps": 12, "loss": 2.5,
@@ -151,16 +191,18 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     assert result.phase == "Recovering"
     assert (status["recoveries"], status["errorRetries"], status["attempt"]) == (1, 0, 2)
     assert status["lastCheckpoint"]["step"] == 7
-    assert status["nextAttemptAfter"].startswith("2026-11-01T12:00:01")
+    assert status["nextAttemptAfter"].startswith("2026-11-01T12:00:04")  # 1 s after now
     assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None  # the ended attempt's pod
     assert ("Normal", "Preempted") in [(kind, reason) for kind, reason, _ in events]
 
     assert reconcile(cluster, service).retry_after is not None  # backoff: not yet
     assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None
     clock.advance(2)
-    assert reconcile(cluster, service).wrote_status
+    assert not reconcile(cluster, service).wrote_status  # pods created, status follows
     head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
+    first_status(cluster, service, clock)
+    assert events[-1][1] == "PodsCreated" and "attempt 2" in events[-1][2]
     # A second look at the same state counts nothing twice.
     reconcile(cluster, service)
     assert cluster.status("svc")["recoveries"] == 1
@@ -191,6 +233,7 @@ def test_multi_worker_job_shares_one_token_created_once_and_never_read(env):
     create = ("create", f"/api/v1/namespaces/{cluster.namespace}/secrets")
     mark = cluster.control_plane.audit_mark()
     reconcile(cluster, service, "multi", sync=True)
+    first_status(cluster, service, clock, "multi")
     assert secret_calls(cluster, mark) == [create]
     secret = cluster.api.get(SECRETS, "multi-ray-auth", cluster.namespace)
     assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
@@ -215,7 +258,8 @@ def test_multi_worker_job_shares_one_token_created_once_and_never_read(env):
     assert reconcile(cluster, service, "multi").phase == "Recovering"
     clock.advance(3)
     mark = cluster.control_plane.audit_mark()
-    assert reconcile(cluster, service, "multi").wrote_status
+    reconcile(cluster, service, "multi")
+    first_status(cluster, service, clock, "multi")
     head = cluster.api.get(PODS, "multi-head", cluster.namespace)
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
     assert secret_calls(cluster, mark) == [create]  # 409: the first token stays
@@ -234,7 +278,7 @@ def test_a_token_secret_left_by_an_earlier_operator_is_kept(env):
                                           "kind": "FineTuneJob", "name": "multi",
                                           "uid": job["metadata"]["uid"], "controller": True}]},
         "data": {"token": base64.b64encode(b"earlier-token").decode()}}, cluster.namespace)
-    assert reconcile(cluster, service, "multi", sync=True).phase == "Scheduling"
+    reconcile(cluster, service, "multi", sync=True)
     assert token_of(cluster, "multi") == "earlier-token"
     assert {p["metadata"]["name"] for p in cluster.pods()} == {
         "multi-head", "multi-worker-1", "multi-worker-2"}
@@ -283,9 +327,10 @@ def test_error_uses_the_error_budget_and_fails_naming_the_cause(env):
 
 
 def test_stale_view_cannot_count_a_preemption_twice(env):
-    cluster, kube, service, *_ = env
+    cluster, kube, service, events, clock, _ = env
     apply(cluster)
     reconcile(cluster, service, sync=True)
+    first_status(cluster, service, clock)
     run_pod(cluster, "svc-head")
     end_pod(cluster, "svc-head", 75, "{}", disrupted=True)
     stale = cluster.job("svc")

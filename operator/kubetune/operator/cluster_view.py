@@ -97,19 +97,25 @@ def has_labels(obj: dict, labels: Mapping[str, str]) -> bool:
     return all(have.get(key) == value for key, value in labels.items())
 
 
-def stopped_by(pod: dict, node_gone_since: datetime | None) -> datetime | None:
+def stopped_by(pod: dict, node_gone_since: datetime | None,
+               wait_grace: bool = False) -> datetime | None:
     """When a pod whose Node was deleted has surely stopped, or None when unknown.
 
     No kubelet is left to report it, and pod GC deletes such pods only after ~40-60 s.
-    A Node goes away with its machine (a cloud deletes it once the instance is gone;
-    Karpenter after draining it), and a machine shutting down gives its processes at
-    most their grace period: the trainer's SIGTERM contract fits in it (checkpoint
-    budget plus a margin). So from the moment the deletion was seen plus the pod's
-    grace period, the pod counts as stopped. Only a watch sees the moment; without
-    one (after an operator restart, or with the watches off) pod GC decides, as before.
+    A Node goes away with its machine: the cloud's node lifecycle controller deletes it
+    once the instance is gone, Karpenter and cluster-autoscaler once they terminated
+    it. So the pod stopped when the deletion was seen (the spot profile's default,
+    `deletedNodePods: Stopped`). Where Nodes are deleted while their machines still
+    run (by hand, or a provider that deletes the Node first), `wait_grace` counts it
+    stopped only after its grace period: a machine shutting down gives its processes
+    at most that, and the trainer's SIGTERM contract (checkpoint budget plus a margin)
+    fits in it. Only a watch sees the moment; without one (after an operator restart,
+    or with the watches off) pod GC decides, as before.
     """
     if node_gone_since is None:
         return None
+    if not wait_grace:
+        return node_gone_since
     spec = pod.get("spec") or {}
     meta = pod.get("metadata") or {}
     grace = spec.get("terminationGracePeriodSeconds")

@@ -63,6 +63,13 @@ class SpotProfile(ApiModel):
         default_factory=list,
         description="Taints put on a node shortly before it is reclaimed.",
     )
+    deleted_node_pods: Literal["Stopped", "AfterGracePeriod"] = Field(
+        default="Stopped",
+        description="When a pod whose Node object was deleted counts as stopped: Stopped "
+        "(at once: clouds, Karpenter and cluster-autoscaler delete a Node once its machine "
+        "is gone) or AfterGracePeriod (the pod's terminationGracePeriodSeconds later, for "
+        "clusters where Nodes are deleted while their machines still run).",
+    )
 
     def node_selector(self, capacity_type: CapacityType) -> dict[str, str]:
         """Labels that pin a pod to the given capacity type."""

@@ -39,6 +39,9 @@ log = logging.getLogger("kubetune.operator")
 TERMINAL = ("Succeeded", "NotPromoted", "Failed")
 INVALID_SPEC = "InvalidSpec"
 RAY_AUTH_TOKEN_BYTES = 32
+# How long a new attempt's first status write waits for the scheduler's verdict on its
+# pods (ms on a healthy cluster, ~1 s for a burst of 200 jobs), see `_first_status`.
+VERDICT_WAIT_SECONDS = 3.0
 # Create-only (RBAC grants nothing else): never through Kube.ensure, which reads on a 409.
 SECRETS = Kind("", "v1", "secrets")
 Emit = Callable[[dict, str, str, str], None]
@@ -89,6 +92,9 @@ class FineTuneService:
         self.poll, self.metrics = poll, metrics
         self.view = view or ApiView(kube)
         self.profile = config.spot_profile()
+        self.wait_grace = self.profile.deleted_node_pods == "AfterGracePeriod"
+        # (job uid, attempt) -> until when its first status write waits for the scheduler
+        self.verdict_waits: dict[tuple[str, int], datetime] = {}
 
     # --- entry point ------------------------------------------------------------------
     def reconcile(self, body: dict, sync_children: bool = False,
@@ -139,6 +145,15 @@ class FineTuneService:
         if not current and not started:
             return _sooner(self._start_attempt(body, job, status, state, children,
                                                blocked=bool(stale)), held)
+        if not started:
+            names = {p["metadata"]["name"] for p in current}
+            missing = [c for c in wanted_pods if c["metadata"]["name"] not in names]
+            if missing and not view.authoritative:  # perhaps only not in the cache yet
+                return self._reconcile(body, job, spec, status, children, sync,
+                                       view.confirmed())
+            if missing:  # deleted before the attempt's first status write: recreate
+                self._ensure(job, missing)
+                return Result(status.phase, retry_after=1.0)
         if sync:  # the token Secret matters only when pods are created: skip it here
             self._ensure(job, [c for c in children if c["kind"] not in ("Pod", "Secret")],
                          likely_exist=True)
@@ -149,6 +164,10 @@ class FineTuneService:
         if outcome.kind == "Preempted" and not outcome.terminated:
             return _sooner(self._drain(body, spec, status, state, outcome, sightings), stopping)
         decision = decide(spec, state, outcome, self.now())
+        if not started and decision.action == "wait":
+            return self._first_status(body, job, spec, status, state, decision, outcome,
+                                      sightings, by_name)
+        self.verdict_waits.pop((job.uid, state.attempt), None)
         if _nothing_new(status, decision):
             return Result(status.phase)
         new = self._next_status(body, spec, status, decision, outcome, sightings, by_name)
@@ -160,16 +179,46 @@ class FineTuneService:
 
     # --- steps ------------------------------------------------------------------------
     def _start_attempt(self, body, job, status, state: RecoveryState, children, blocked: bool):
-        """Create the attempt's children once the old pods are gone and backoff is over."""
+        """Create the attempt's children once the old pods are gone and backoff is over.
+        The status write that marks the attempt started waits for the pods' first
+        sighting (`_first_status`), so that it can carry the scheduler's verdict."""
         now = self.now()
         wait = (status.next_attempt_after - now).total_seconds() \
             if status.next_attempt_after else 0.0
         if blocked or wait > 0:
             return Result(status.phase, retry_after=max(1.0, wait))
         self._ensure(job, children)
-        message = f"attempt {state.attempt} created on {state.capacity_type} capacity"
-        new = self._base_status(body, status, "Scheduling", "PodsCreated", message, state)
-        return self._commit(body, status, new, None)
+        for key, until in list(self.verdict_waits.items()):
+            if until < now:  # a job deleted, or its attempt ended, before its first write
+                self.verdict_waits.pop(key, None)
+        self.verdict_waits[(job.uid, state.attempt)] = now + timedelta(seconds=VERDICT_WAIT_SECONDS)
+        return Result(status.phase, retry_after=VERDICT_WAIT_SECONDS)
+
+    def _first_status(self, body, job, spec, status, state: RecoveryState, decision: Decision,
+                      outcome: PodState, sightings: list, by_name: dict) -> Result:
+        """The attempt's first status write, which marks it started (a pod missing from
+        then on is a lost pod). It carries what the pods show, the scheduler's verdict
+        (a node, or Unschedulable and why) included: written as soon as the pods were
+        created it would say only "created", and the verdict a moment later would need a
+        second write. When no verdict comes within VERDICT_WAIT_SECONDS of the pods'
+        creation (or this process did not create them: written at once), it says
+        PodsCreated. The Event is PodsCreated either way."""
+        key = (job.uid, state.attempt)
+        created = f"attempt {state.attempt} created on {state.capacity_type} capacity"
+        if decision.reason == "Scheduling":  # no verdict yet
+            deadline = self.verdict_waits.get(key)
+            if deadline is not None and deadline > self.now():
+                return Result(status.phase,
+                              retry_after=max(0.2, (deadline - self.now()).total_seconds()))
+            new = self._base_status(body, status, "Scheduling", "PodsCreated", created, state)
+            message = created
+        else:
+            new = self._next_status(body, spec, status, decision, outcome, sightings, by_name)
+            message = f"{created}; {new.message}"
+        result = self._commit(body, status, new, None, reason="PodsCreated", message=message)
+        if result.wrote_status:
+            self.verdict_waits.pop(key, None)
+        return result
 
     def _ensure(self, job: JobMeta, children: list[dict], likely_exist: bool = False) -> None:
         """Create each child, or patch what drifted on an existing one. A Secret is only
@@ -218,7 +267,7 @@ class FineTuneService:
                 exists = node is not None
             state = classify_pod(pod, node, exists, self.profile)
             if exists is False and not state.terminated:
-                stopped = stopped_by(pod, view.memory.nodes_gone.get(node_name))
+                stopped = stopped_by(pod, view.memory.nodes_gone.get(node_name), self.wait_grace)
                 if stopped is not None and stopped <= now:
                     state = replace(state, terminated=True)
                 elif stopped is not None:
@@ -242,7 +291,8 @@ class FineTuneService:
             if not meta.get("deletionTimestamp"):
                 self.kube.delete(PODS, meta["name"], job.namespace, uid=meta.get("uid"))
                 continue
-            stopped = stopped_by(pod, view.memory.nodes_gone.get(node)) if node else None
+            stopped = stopped_by(pod, view.memory.nodes_gone.get(node), self.wait_grace) \
+                if node else None
             if stopped is None:
                 continue
             if stopped > now:
@@ -385,7 +435,8 @@ class FineTuneService:
         self._commit(body, status, new, None, reason=INVALID_SPEC)
 
     def _commit(self, body, old: FineTuneJobStatus, new: FineTuneJobStatus,
-                decision: Decision | None, reason: str | None = None) -> Result:
+                decision: Decision | None, reason: str | None = None,
+                message: str | None = None) -> Result:
         """One conditional status write, only when the wire form changed; then Events."""
         patch = status_patch(body.get("status") or {}, new.to_wire())
         if patch is None:
@@ -405,21 +456,25 @@ class FineTuneService:
         log.info("%s/%s: %s (attempt %s, recoveries %s, error retries %s): %s",
                  meta["namespace"], meta["name"], new.phase, new.attempt, new.recoveries,
                  new.error_retries, new.message)
-        self._announce(body, old, new, decision, reason)
+        self._announce(body, old, new, decision, reason, message)
         return Result(new.phase, wrote_status=True)
 
-    def _announce(self, body, old, new, decision: Decision | None, reason: str | None) -> None:
+    def _announce(self, body, old, new, decision: Decision | None, reason: str | None,
+                  message: str | None = None) -> None:
+        """An Event when the phase moves or an attempt begins or ends (`message`
+        replaces the status message in it)."""
         if decision is not None and decision.action in ("recover", "fallback"):
             self.metrics.inc("recoveries_total")
         if decision is not None and decision.action == "retry":
             self.metrics.inc("error_retries_total")
-        moved = decision is not None and decision.starts_new_attempt
+        moved = (decision is not None and decision.starts_new_attempt) or message is not None
         if old.phase == new.phase and not moved:
             return
         warning = new.phase in ("Failed", "NotPromoted") or (
             decision is not None and decision.action == "retry")
         why = reason or new.conditions[0].reason
-        self.emit(body, "Warning" if warning else "Normal", why, new.message or new.phase)
+        self.emit(body, "Warning" if warning else "Normal", why,
+                  message or new.message or new.phase)
 
 
 def _nothing_new(status: FineTuneJobStatus, decision: Decision) -> bool:
