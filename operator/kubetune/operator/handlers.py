@@ -53,8 +53,8 @@ from .watches import NODE_INDEX, POD_INDEX, Watches
 from .watches import register as register_watches
 
 # Ours, on FineTuneJobs. Kopf's own (KOPF_FINALIZER, on ModelServes) must differ: Kopf
-# strips its finalizer from any object it watches without a handler that needs it. A job
-# of an older operator loses Kopf's at the first event and gets this one at its first run.
+# strips its finalizer from any object it watches without a handler that needs it.
+# Earlier operators let Kopf finalize jobs (KOPF_FINALIZER): see `legacy_cleanup`.
 FINALIZER = "kubetune.dev/finetunejob-cleanup"
 KOPF_FINALIZER = "kubetune.dev/finalizer"
 INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "10"))
@@ -168,7 +168,8 @@ class Runtime:
         """Block the job's deletion until `_finalize` is done; the new body, or None on
         a conflict (the object changed: its next event brings the fresh one)."""
         meta = body["metadata"]
-        patch = {"metadata": {"finalizers": [*_finalizers(body), FINALIZER],
+        kept = [f for f in _finalizers(body) if f != KOPF_FINALIZER]  # ours replaces it
+        patch = {"metadata": {"finalizers": [*kept, FINALIZER],
                               "resourceVersion": meta.get("resourceVersion")}}
         try:
             return plain_body(self.kube.patch(FINETUNEJOBS, meta["name"], meta["namespace"],
@@ -290,6 +291,34 @@ async def job_changed(type, namespace, name, meta, uid, **_) -> None:  # noqa: A
     if sync or key in runtime.awaiting:
         runtime.awaiting.discard(key)
         runtime.router.poke(key, sync=sync)
+
+
+def _has_legacy_finalizer(meta, **_) -> bool:
+    return KOPF_FINALIZER in (meta.get("finalizers") or [])
+
+
+@kopf.on.delete(*RESOURCE, id="finetunejob-legacy-cleanup", when=_has_legacy_finalizer,
+                registry=registry)
+def legacy_cleanup(body, retry, **_) -> None:
+    """A job that an earlier operator finalized through Kopf (KOPF_FINALIZER), deleted
+    before this operator's first run replaced that finalizer with ours (a finalizer
+    cannot be added to an object being deleted): its cleanup runs here, through Kopf,
+    which keeps its finalizer on such jobs only (this handler's filter) and releases it
+    once this returns. Every other job is finalized by `Runtime._finalize`."""
+    job = plain_body(body)
+    uid = job["metadata"]["uid"]
+    tries = runtime.failed_cleanups.get(uid, 0)
+    outcome = runtime.finalizer.finalize(job, tries)
+    if outcome.warning:
+        runtime.failed_cleanups[uid] = tries + 1
+        kopf.warn(body, reason="CheckpointCleanupFailed", message=outcome.warning)
+    if outcome.done:
+        return
+    if retry + 1 < MAX_DELETE_RETRIES:
+        raise kopf.TemporaryError("checkpoint cleanup still running",
+                                  delay=max(1.0, outcome.retry_after))
+    kopf.warn(body, reason="CheckpointCleanupAbandoned",
+              message="checkpoint cleanup did not finish; the checkpoints were kept")
 
 
 if runtime.watches:
