@@ -9,8 +9,10 @@ checkpoint upload. Jobs run in parallel, each interrupted in turn by
   * a NoExecute spot-interruption taint on its node (the taint manager evicts),
   * the deletion of its Node (the machine is gone),
 and the time from the interrupting API call to the next attempt's head pod existing is
-recorded (polled every 20 ms). Spot backoff is 0 s, checkpointBudgetSeconds 1 (a pod on a
-deleted node then counts as stopped 6 s after the deletion was seen: its grace period).
+recorded (polled every 20 ms). Spot backoff is 0 s. For the Node deletions it also prints
+how far the end recorded for the vanished pod (status.attemptsUsage: its GPU time ends
+there) lies from the deletion call: what a GPU-second figure for a pod lost with its
+node is off by, per GPU.
 
 Usage: .venv/bin/python bench/bench_interruptions.py [--jobs 10] [--rounds 2] [--interval 10]
 """
@@ -121,9 +123,26 @@ def wait_for(predicate, timeout: float, what: str):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def recorded_end(api, name: str, attempt: int) -> float | None:
+    """The end the job's status records for the head pod of `attempt` (epoch seconds)."""
+    from datetime import datetime
+
+    from kubetune.devenv.kubeapi import FINETUNEJOBS
+
+    status = (api.get(FINETUNEJOBS, name, NAMESPACE) or {}).get("status") or {}
+    for usage in status.get("attemptsUsage") or []:
+        if usage.get("attempt") == attempt:
+            for pod in usage.get("pods") or []:
+                if pod.get("name") == f"{name}-head" and pod.get("endTime"):
+                    stamp = pod["endTime"].replace("Z", "+00:00")
+                    return datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
 def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: int,
-            serial: list[int]) -> list[float]:
-    """`rounds` interruptions of `kind` for every job; seconds to the next head pod."""
+            serial: list[int], end_errors: list[float]) -> list[float]:
+    """`rounds` interruptions of `kind` for every job; seconds to the next head pod.
+    Node deletions add to `end_errors`: recorded end minus the deletion call's time."""
     from kubetune.devenv import spot
     from kubetune.devenv.nodeagent import NodeTemplate
 
@@ -139,6 +158,7 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
                 serial[0] += 1
                 agent.add_node(NodeTemplate(f"spot-{serial[0]}", SPOT))
         started: dict[str, float] = {}
+        deleted_at: dict[str, float] = {}
         if kind == "eviction":
             for n in names:
                 started[n] = time.monotonic()
@@ -148,9 +168,9 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
             for n in names:
                 nodes.setdefault(heads.running[(n, attempts[n])][1], []).append(n)
             for node, jobs in nodes.items():
-                now = time.monotonic()
+                now, wall = time.monotonic(), time.time()
                 for n in jobs:
-                    started[n] = now
+                    started[n], deleted_at[n] = now, wall
                 if kind == "taint":
                     spot.taint_no_execute(api, node)
                 else:
@@ -159,6 +179,10 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
             wait_for(lambda n=n: (n, attempts[n] + 1) in heads.created, 180,
                      f"{n} attempt {attempts[n] + 1}")
             latencies.append(heads.created[(n, attempts[n] + 1)] - started[n])
+        for n in deleted_at:
+            end = wait_for(lambda n=n: recorded_end(api, n, attempts[n]), 60,
+                           f"{n} attempt {attempts[n]} end recorded")
+            end_errors.append(end - deleted_at[n])
         if kind == "taint":  # tainted nodes host nothing of ours any more: retire them
             for node in nodes:
                 spot.delete_node(api, node)
@@ -167,13 +191,14 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
 
 def run_mode(cluster, agent, workdir: Path, kubeconfig: Path, label: str, env: dict,
              names: list[str], rounds: int, serial: list[int]) -> dict[str, list[float]]:
+    """Latencies by kind, and under "end error" the node deletions' recorded-end errors."""
     from kubetune.devenv.kubeapi import FINETUNEJOBS
 
     log = open(workdir / f"operator-{label.replace(' ', '-')}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator", "--standalone",
                              f"--namespace={NAMESPACE}", "--log-format=plain", "--verbose"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[float]] = {"end error": []}
     try:
         time.sleep(3)
         with Heads(cluster.api) as heads:
@@ -181,7 +206,8 @@ def run_mode(cluster, agent, workdir: Path, kubeconfig: Path, label: str, env: d
                 cluster.api.create(FINETUNEJOBS, job(n), NAMESPACE)
             for kind in KINDS:
                 began = time.monotonic()
-                results[kind] = measure(cluster, agent, heads, names, kind, rounds, serial)
+                results[kind] = measure(cluster, agent, heads, names, kind, rounds, serial,
+                                        results["end error"])
                 print(f"  {label}: {len(results[kind])} x {kind} in "
                       f"{time.monotonic() - began:.0f}s", flush=True)
         for n in names:
@@ -241,6 +267,12 @@ def main() -> int:
         fast, slow = results["watches"][kind], results["timer only"][kind]
         print(f"  {kind:14} {'ratio':11}     {percentile(slow, .5) / percentile(fast, .5):6.1f}x "
               f"{percentile(slow, .99) / percentile(fast, .99):6.1f}x  (timer only / watches)")
+    print("\nNode deleted -> the vanished pod's recorded end, minus the deletion call's time"
+          " (its GPU time is off by this, per GPU)")
+    for label, _ in modes:
+        errors = results[label]["end error"]
+        print(f"  {label:11} {len(errors):3}  p50 {percentile(errors, .5):6.2f}s  p99 "
+              f"{percentile(errors, .99):6.2f}s  min {min(errors):6.2f}s  max {max(errors):6.2f}s")
     print(f"workdir (operator logs): {workdir}")
     return 0
 

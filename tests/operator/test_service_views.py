@@ -85,8 +85,8 @@ class Clock:
         return self.now
 
 
-def started_job(config: OperatorConfig | None = None):
-    """A job whose attempt 1 was created and is running on spot-1 (as seen by the API)."""
+def new_job(config: OperatorConfig | None = None):
+    """A job just applied: nothing created yet."""
     body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": "j", "namespace": "ns", "uid": "job-uid", "generation": 1,
                          "resourceVersion": "1"},
@@ -96,6 +96,12 @@ def started_job(config: OperatorConfig | None = None):
     api, clock = FakeApi(body), Clock()
     service = FineTuneService(api, config or OperatorConfig(), emit=lambda *a: None,
                               now=clock, poll=lambda pod, port: None)
+    return api, service, clock
+
+
+def started_job(config: OperatorConfig | None = None):
+    """A job whose attempt 1 was created and is running on spot-1 (as seen by the API)."""
+    api, service, clock = new_job(config)
     service.reconcile(copy.deepcopy(api.job), sync_children=True)  # creates attempt 1
     service.reconcile(copy.deepcopy(api.job))  # sees it running
     api.take()
@@ -134,6 +140,17 @@ def test_pods_of_a_later_attempt_than_the_body_knows_are_never_touched():
     newer["metadata"]["labels"]["kubetune.dev/attempt"] = "2"
     result = service.reconcile(copy.deepcopy(api.job), view=snapshot(api, pods=[newer]))
     assert result.conflict and result.retry_after and api.take() == []
+
+
+def test_pods_created_but_not_yet_in_the_cache_are_listed_not_created_again():
+    api, service, clock = new_job()
+    result = service.reconcile(copy.deepcopy(api.job), sync_children=True,
+                               view=snapshot(api, pods=[]))
+    assert not result.wrote_status and ("ensure", "Pod") in api.take()
+    service.reconcile(copy.deepcopy(api.job), view=snapshot(api, pods=[]))  # watch lagging
+    calls = api.take()
+    assert ("list", "pods") in calls and not any(c[0] in ("ensure", "create") for c in calls)
+    assert api.job["status"]["phase"] == "Running" and api.job["status"]["attempt"] == 1
 
 
 def test_a_pod_on_a_deleted_node_counts_as_stopped_at_once_and_is_recovered():

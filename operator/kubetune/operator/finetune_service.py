@@ -143,6 +143,11 @@ class FineTuneService:
         # cleared nextAttemptAfter; from then on a missing pod is a lost pod.
         started = status.attempt is not None and status.next_attempt_after is None
         if not current and not started:
+            if (job.uid, state.attempt) in self.verdict_waits and not view.authoritative:
+                # Created by this process, not yet in the cache (a burst's watch lag):
+                # a LIST tells, where creating them again would cost 3 POSTs.
+                return self._reconcile(body, job, spec, status, children, sync,
+                                       view.confirmed())
             return _sooner(self._start_attempt(body, job, status, state, children,
                                                blocked=bool(stale)), held)
         if not started:
