@@ -8,7 +8,16 @@ the handlers never land twice or on a registry nobody runs. Paths into the one
 - a timer (`KUBETUNE_SERVE_RESYNC_SECONDS`, default 15 s) that re-resolves adapters and
   reads replicas and per-pod adapter states, which change without any ModelServe edit;
 - a FineTuneJob reaching Succeeded, NotPromoted or Failed (or going away) reconciles, at once, every
-  ModelServe that references it, through an index of ModelServes by referenced job.
+  ModelServe that references it, through an index of ModelServes by referenced job;
+- a change of a Deployment or Service a ModelServe owns (the Deployment's replica counts,
+  conditions, observedGeneration, a spec edit, a deletion; the Service's spec or its
+  deletion) reconciles the owner at once (`watches`); `KUBETUNE_WATCH_CHILDREN=0` turns
+  these two watches off, as it does the FineTuneJob's pod and node watches.
+The event-driven paths (the last two) share one queue (`watches.ServeTriggers`): one
+run per ModelServe at a time, a burst folded into one more run; every path takes the
+service's per-ModelServe lock, so the timer and the create/update handler never
+interleave with them. The timer stays the safety net, and the one reader of per-pod
+adapter states (the agents report them over HTTP, not through the API).
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ from kubetune.api import FINETUNEJOB, MODELSERVE
 from ..config import load_config
 from ..kube import Kube, KubeError
 from .service import InvalidServe, ServeService
+from .watches import ServeTriggers
+from .watches import register as register_watches
 
 RESYNC_SECONDS = float(os.environ.get("KUBETUNE_SERVE_RESYNC_SECONDS", "15"))
+# The FineTuneJob's switch (read again here: operator/handlers.py owns that module).
+WATCH_CHILDREN = os.environ.get("KUBETUNE_WATCH_CHILDREN", "1").lower() not in ("0", "false", "off")
 RETRY_SECONDS = 10
 TERMINAL_JOB_PHASES = {"Succeeded", "NotPromoted", "Failed"}
 GROUP, VERSION = MODELSERVE.group, MODELSERVE.version
@@ -37,13 +50,17 @@ def default_service() -> ServeService:
 
 def register(registry: kopf.OperatorRegistry,
              make_service: Callable[[], ServeService] = default_service,
-             resync_seconds: float = RESYNC_SECONDS) -> None:
+             resync_seconds: float = RESYNC_SECONDS,
+             watch_children: bool = WATCH_CHILDREN) -> ServeTriggers:
+    """Returns the event-driven queue (tests read its counters)."""
     holder: list[ServeService] = []
 
     def service() -> ServeService:
         if not holder:
             holder.append(make_service())
         return holder[0]
+
+    triggers = ServeTriggers(service, retry_seconds=RETRY_SECONDS)
 
     # Explicit ids: a nested function's default id ("register.<locals>.…") would end up
     # in progress annotations and in the name of the index's kwarg.
@@ -77,13 +94,13 @@ def register(registry: kopf.OperatorRegistry,
 
     @kopf.on.event(FINETUNEJOB.group, FINETUNEJOB.version, FINETUNEJOB.plural,
                    id="modelserve-finetunejob-watch", registry=registry)
-    def finetunejob_changed(event, namespace, name, status, modelserves_by_job: kopf.Index,
-                            logger, **_) -> None:
+    async def finetunejob_changed(event, namespace, name, status,
+                                  modelserves_by_job: kopf.Index, **_) -> None:
         if event.get("type") != "DELETED" and status.get("phase") not in TERMINAL_JOB_PHASES:
             return
         for serve in sorted(set(modelserves_by_job.get((namespace, name), []))):
-            try:
-                service().reconcile_by_name(namespace, serve)
-            except (InvalidServe, KubeError) as exc:
-                logger.warning("ModelServe %s/%s not reconciled after FineTuneJob %s: %s",
-                               namespace, serve, name, exc)
+            triggers.poke((namespace, serve))
+
+    if watch_children:
+        register_watches(registry, triggers)
+    return triggers

@@ -1,11 +1,13 @@
 """Reconcile one ModelServe: resolve adapters, apply children, observe, write status.
 
-One entry point (`reconcile`) serves create, resume, update, the periodic timer and the
-FineTuneJob watch, so every path converges the same way. All Kubernetes I/O goes
+One entry point (`reconcile`, or `reconcile_by_name` from a fresh read) serves create,
+resume, update, the periodic timer and the watches (FineTuneJobs, the serve's own
+Deployment and Service), so every path converges the same way. All Kubernetes I/O goes
 through `kube.Kube`; pod answers come from each ready pod's adapter agent (GET
 /v1/adapters on the agent's port: what it verified and loaded into vLLM). Calls for
-the same ModelServe are serialised in-process: the timer and a FineTuneJob event may
-fire together, and two interleaved reconciles would write flapping status.
+the same ModelServe are serialised in-process: the timer, the create/update handler and
+a watch event may fire together, and two interleaved reconciles would write flapping
+status.
 """
 
 from __future__ import annotations
@@ -102,10 +104,14 @@ class ServeService:
             return self._reconcile(meta, body)
 
     def reconcile_by_name(self, namespace: str, name: str) -> dict | None:
-        body = self.kube.get(MODELSERVES, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        return self.reconcile(body)
+        """Reconcile from a fresh read; None when the ModelServe is gone or going. The
+        read is made under the lock, so a run that waited for another one starts from
+        the status that one wrote, not from a body read before it."""
+        with self._lock(namespace, name):
+            body = self.kube.get(MODELSERVES, name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return self._reconcile(ServeMeta.from_meta(body["metadata"]), body)
 
     def _reconcile(self, meta: ServeMeta, body: Mapping) -> dict:
         generation = body["metadata"].get("generation")
