@@ -20,10 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus, SpecError, parse_spec
-from kubetune.api.finetunejob_status import AdapterRef
-from kubetune.api.usage import UsageTotals
 
-from . import accounting, evaluation_status
+from . import accounting, evaluation_status, job_status
 from . import progress as progress_mod
 from .builders import JobMeta, build_children, needs_ray_auth
 from .cluster_view import ApiView, ClusterView, stopped_by
@@ -72,14 +70,6 @@ def attempt_of(pod: dict) -> int:
         return 0
 
 
-def read_status(body: dict) -> FineTuneJobStatus:
-    """The stored status; an unreadable one (hand-edited) counts as empty."""
-    try:
-        return FineTuneJobStatus.model_validate(body.get("status") or {})
-    except ValueError:
-        return FineTuneJobStatus()
-
-
 class FineTuneService:
     """All decisions about FineTuneJobs; I/O only through `kube`, `emit`, `poll` and the
     view pods and nodes are read from (`view`: the API unless a reconcile brings a
@@ -104,7 +94,7 @@ class FineTuneService:
         reconcile reads pods and nodes (default: the service's own)."""
         self.metrics.inc("reconciles_total")
         meta = body["metadata"]
-        status = read_status(body)
+        status = job_status.read(body)
         generation = meta.get("generation")
         if status.phase in TERMINAL and status.observed_generation == generation:
             return Result(status.phase)
@@ -173,7 +163,7 @@ class FineTuneService:
             return self._first_status(body, job, spec, status, state, decision, outcome,
                                       sightings, by_name)
         self.verdict_waits.pop((job.uid, state.attempt), None)
-        if _nothing_new(status, decision):
+        if job_status.nothing_new(status, decision):
             return Result(status.phase)
         new = self._next_status(body, spec, status, decision, outcome, sightings, by_name)
         result = self._commit(body, status, new, decision)
@@ -215,7 +205,8 @@ class FineTuneService:
             if deadline is not None and deadline > self.now():
                 return Result(status.phase,
                               retry_after=max(0.2, (deadline - self.now()).total_seconds()))
-            new = self._base_status(body, status, "Scheduling", "PodsCreated", created, state)
+            new = job_status.base(body, status, "Scheduling", "PodsCreated", created, state,
+                                  self.now())
             message = created
         else:
             new = self._next_status(body, spec, status, decision, outcome, sightings, by_name)
@@ -316,7 +307,8 @@ class FineTuneService:
         GPU time is recorded meanwhile: a pod whose node is gone stops counting now, not
         when pod GC gets round to deleting it."""
         message = f"preempted ({outcome.reason}); waiting for the pods to save a checkpoint"
-        new = self._base_status(body, status, "Recovering", outcome.reason, message, state)
+        new = job_status.base(body, status, "Recovering", outcome.reason, message, state,
+                              self.now())
         new = self._account(new, spec, state.attempt, sightings, self.now(), ended=False)
         return self._commit(body, status, new, None)
 
@@ -330,23 +322,11 @@ class FineTuneService:
             self.kube.delete(PODS, name, job.namespace)
 
     # --- status -----------------------------------------------------------------------
-    def _base_status(self, body, status: FineTuneJobStatus, phase: str, reason: str,
-                     message: str, state: RecoveryState) -> FineTuneJobStatus:
-        generation = body["metadata"].get("generation")
-        return status.model_copy(update={
-            "phase": phase, "message": message, "observed_generation": generation,
-            "conditions": job_conditions(phase, reason, message, generation,
-                                         status.conditions, self.now()),
-            "attempt": state.attempt, "capacity_type": state.capacity_type,
-            "recoveries": state.recoveries, "error_retries": state.error_retries,
-            "next_attempt_after": None,
-        })
-
     def _next_status(self, body, spec, status: FineTuneJobStatus, decision: Decision,
                      outcome: PodState, sightings: list, by_name: dict) -> FineTuneJobStatus:
         now = self.now()
-        new = self._base_status(body, status, decision.phase, decision.reason,
-                                decision.message, decision.next)
+        new = job_status.base(body, status, decision.phase, decision.reason,
+                                decision.message, decision.next, self.now())
         head = by_name.get(head_pod_name(body["metadata"]["name"]))
         if decision.phase == "Running":
             if new.start_time is None:
@@ -360,8 +340,8 @@ class FineTuneService:
             new = progress_mod.fold_summary(new, outcome.summary)
             new = evaluation_status.fold(new, spec, outcome.summary.get("evaluation"))
         if decision.action == "succeed":
-            new = self._succeeded(new, outcome.summary, now)
-            new = self._promote(body, spec, new, decision)
+            new = job_status.succeeded(new, outcome.summary, now)
+            new = job_status.promote(body, spec, new, decision, now)
         if decision.starts_new_attempt:
             new = new.model_copy(update={
                 "next_attempt_after": now + timedelta(seconds=decision.delay_seconds)})
@@ -374,60 +354,8 @@ class FineTuneService:
 
     def _account(self, new: FineTuneJobStatus, spec, attempt: int, sightings, now,
                  ended: bool) -> FineTuneJobStatus:
-        """Open and close the attempt's GPU-time records; when the attempt ends, close
-        what still runs (its pods are deleted after this write) and total it all up."""
-        if not new.attempts_usage and new.older_attempts_usage is None and new.gpu_seconds:
-            # Totals written before per-attempt records existed: keep them as the past.
-            new = new.model_copy(update={
-                "older_attempts_usage": UsageTotals(gpu_seconds=new.gpu_seconds)})
-        usage = accounting.observe(new.attempts_usage, attempt, sightings,
-                                   spec.resources.gpu_resource_name, now)
-        if ended:
-            usage = accounting.close_attempt(usage, attempt, now)
-        new = new.model_copy(update={"attempts_usage": usage})
-        return self._priced(new, now) if ended else new
-
-    def _priced(self, new: FineTuneJobStatus, now) -> FineTuneJobStatus:
-        """Totals by capacity type and cost, running pods counted up to `now`. Done when
-        an attempt ends and whenever the status is written anyway (see `_commit`), so
-        that an idle job's running GPU time never causes a write of its own."""
-        table = self.config.price_table()
-        usage, older = accounting.trim(new.attempts_usage, new.older_attempts_usage, table, now)
-        usage, gpu, cost = accounting.priced(usage, older, table, now)
-        return new.model_copy(update={"attempts_usage": usage, "older_attempts_usage": older,
-                                      "gpu_seconds": gpu, "cost": cost})
-
-    def _succeeded(self, new: FineTuneJobStatus, summary: dict, now) -> FineTuneJobStatus:
-        adapter = summary.get("adapter") if isinstance(summary, dict) else None
-        update: dict = {"completion_time": now}
-        if isinstance(adapter, dict) and adapter.get("uri") and adapter.get("sha256"):
-            update["adapter"] = AdapterRef(uri=adapter["uri"], sha256=adapter["sha256"],
-                                           size_bytes=adapter.get("sizeBytes"))
-        steps = summary.get("steps") if isinstance(summary, dict) else None
-        if isinstance(steps, int) and steps > 0:
-            done = progress_mod.to_progress({
-                "step": steps, "totalSteps": steps, "phase": "Succeeded",
-                "loss": summary.get("trainLoss"), "evalLoss": summary.get("evalLoss")})
-            update["progress"] = done.model_copy(update={"updated_at": now})
-        return new.model_copy(update=update)
-
-    def _promote(self, body, spec, new: FineTuneJobStatus, decision: Decision
-                 ) -> FineTuneJobStatus:
-        """Judge the gate on the final evaluation. A miss keeps the written adapter in
-        status (for inspection, or a ModelServe that allows unpromoted adapters) but
-        ends the job NotPromoted, with the reason in every condition."""
-        gate = evaluation_status.verdict(spec, new)
-        if gate is None:
-            return new
-        new = evaluation_status.with_verdict(new, gate)
-        adapter_uri = new.adapter.uri if new.adapter else None
-        if gate.passed:
-            return self._base_status(body, new, "Succeeded", decision.reason,
-                                     f"{decision.message} and promoted: {gate.message}",
-                                     decision.next)
-        return self._base_status(body, new, "NotPromoted", evaluation_status.NOT_PROMOTED_REASON,
-                                 evaluation_status.not_promoted_message(adapter_uri, gate),
-                                 decision.next)
+        return job_status.account(new, spec, attempt, sightings, now, ended,
+                                  self.config.price_table())
 
     def _refuse(self, body, status: FineTuneJobStatus, message: str) -> None:
         """An invalid spec: Failed + Stalled naming the field; nothing is created."""
@@ -447,7 +375,7 @@ class FineTuneService:
         if patch is None:
             return Result(new.phase)
         if new.attempts_usage:
-            new = self._priced(new, self.now())
+            new = job_status.priced(new, self.config.price_table(), self.now())
             patch = status_patch(body.get("status") or {}, new.to_wire())
         meta = body["metadata"]
         patch["metadata"] = {"resourceVersion": meta.get("resourceVersion")}
@@ -480,16 +408,6 @@ class FineTuneService:
         why = reason or new.conditions[0].reason
         self.emit(body, "Warning" if warning else "Normal", why,
                   message or new.message or new.phase)
-
-
-def _nothing_new(status: FineTuneJobStatus, decision: Decision) -> bool:
-    """Pods just created that the scheduler has not looked at yet: "pods pending
-    (Scheduling)" tells nothing the attempt's PodsCreated status does not, and watching
-    pods sees this state on every attempt, a moment before the scheduler's verdict (a
-    node, or Unschedulable and why), which is written when it comes."""
-    return (decision.action == "wait" and decision.reason == "Scheduling"
-            and status.phase == "Scheduling" and bool(status.conditions)
-            and status.conditions[0].reason == "PodsCreated")
 
 
 def _sooner(result: Result, seconds: float | None) -> Result:
