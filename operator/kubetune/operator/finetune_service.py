@@ -326,7 +326,7 @@ class FineTuneService:
                      outcome: PodState, sightings: list, by_name: dict) -> FineTuneJobStatus:
         now = self.now()
         new = job_status.base(body, status, decision.phase, decision.reason,
-                                decision.message, decision.next, self.now())
+                              decision.message, decision.next, self.now())
         head = by_name.get(head_pod_name(body["metadata"]["name"]))
         if decision.phase == "Running":
             if new.start_time is None:
