@@ -130,6 +130,25 @@ def test_with_the_watches_off_the_same_eviction_waits_for_the_timer(sleepers):
         operator.stop()
 
 
+def test_with_the_watches_off_an_eviction_before_the_first_status_write_still_counts(sleepers):
+    """The periodic run is the safety net, and an Eviction that comes while the attempt's
+    first status write still waits for the scheduler's verdict is a recovery too: the
+    pod is not silently created again under the same attempt."""
+    cluster, _ = sleepers
+    operator = cluster.operator({"KUBETUNE_RECONCILE_INTERVAL": "2",
+                                 "KUBETUNE_WATCH_CHILDREN": "0"}).start()
+    try:
+        cluster.api.create(FINETUNEJOBS, job("timed"), cluster.namespace)
+        running(cluster, "timed", 1)
+        spot.evict(cluster.api, cluster.namespace, "timed-head")
+        next_attempt_within(cluster, "timed", 2, 30)
+        status = wait_for(lambda: (s := cluster.status("timed")).get("attempt") == 2 and s,
+                          10, "attempt 2 in status")
+        assert status["recoveries"] == 1
+    finally:
+        operator.stop()
+
+
 def reconciles(port: int) -> int:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return int(re.search(r"^kubetune_operator_reconciles_total (\d+)", text, re.M).group(1))

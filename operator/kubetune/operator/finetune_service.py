@@ -40,6 +40,7 @@ RAY_AUTH_TOKEN_BYTES = 32
 # How long a new attempt's first status write waits for the scheduler's verdict on its
 # pods (ms on a healthy cluster, ~1 s for a burst of 200 jobs), see `_first_status`.
 VERDICT_WAIT_SECONDS = 3.0
+VERDICT_FORGET_SECONDS = 3600.0  # a wait entry whose job never came back is dropped then
 # Create-only (RBAC grants nothing else): never through Kube.ensure, which reads on a 409.
 SECRETS = Kind("", "v1", "secrets")
 Emit = Callable[[dict, str, str, str], None]
@@ -132,15 +133,14 @@ class FineTuneService:
         # An attempt counts as started once the status write after creating its pods
         # cleared nextAttemptAfter; from then on a missing pod is a lost pod.
         started = status.attempt is not None and status.next_attempt_after is None
-        if not current and not started:
-            if (job.uid, state.attempt) in self.verdict_waits and not view.authoritative:
-                # Created by this process, not yet in the cache (a burst's watch lag):
-                # a LIST tells, where creating them again would cost 3 POSTs.
-                return self._reconcile(body, job, spec, status, children, sync,
-                                       view.confirmed())
+        # Pods this process created for the attempt, its first status write still to
+        # come: missing now, they were lost (an eviction in that window counts), or are
+        # not in the watch cache yet (`_observe` asks the API); never created again.
+        created = (job.uid, state.attempt) in self.verdict_waits
+        if not current and not started and not created:
             return _sooner(self._start_attempt(body, job, status, state, children,
                                                blocked=bool(stale)), held)
-        if not started:
+        if not started and not created:  # an operator restart came between
             names = {p["metadata"]["name"] for p in current}
             missing = [c for c in wanted_pods if c["metadata"]["name"] not in names]
             if missing and not view.authoritative:  # perhaps only not in the cache yet
@@ -184,7 +184,7 @@ class FineTuneService:
             return Result(status.phase, retry_after=max(1.0, wait))
         self._ensure(job, children)
         for key, until in list(self.verdict_waits.items()):
-            if until < now:  # a job deleted, or its attempt ended, before its first write
+            if until < now - timedelta(seconds=VERDICT_FORGET_SECONDS):  # a job deleted
                 self.verdict_waits.pop(key, None)
         self.verdict_waits[(job.uid, state.attempt)] = now + timedelta(seconds=VERDICT_WAIT_SECONDS)
         return Result(status.phase, retry_after=VERDICT_WAIT_SECONDS)
