@@ -15,7 +15,7 @@ only` (KUBETUNE_WATCH_CHILDREN=0: reads through the API on every tick), and with
 an exported copy of its tree.
 
 Usage: .venv/bin/python bench/bench_operator.py [--jobs 200] [--steady 30] [--interval 10]
-                                               [--baseline HEAD]
+                                               [--baseline REV]...
 """
 
 from __future__ import annotations
@@ -100,13 +100,41 @@ def show(title: str, counts: Counter, jobs: int) -> None:
         print(f"      {verb:6} {resource:28} {n:6}  ({n / jobs:.2f}/job)")
 
 
+def missing_requirements(rev: str) -> list[str]:
+    """Pins of revision `rev`'s `operator` extra that this virtualenv does not hold (an
+    older operator may need a package this one dropped, e.g. the kubernetes client)."""
+    import tomllib
+    from importlib import metadata
+
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pyproject.toml"],
+                          check=True, capture_output=True, text=True).stdout
+    missing = []
+    for pin in tomllib.loads(text)["project"]["optional-dependencies"]["operator"]:
+        name, _, version = pin.partition("==")
+        try:
+            if metadata.version(name) == version:
+                continue
+        except metadata.PackageNotFoundError:
+            pass
+        missing.append(pin)
+    return missing
+
+
 def baseline_tree(rev: str, into: Path) -> dict:
-    """An exported copy of revision `rev`'s operator, and the env that runs it."""
+    """An exported copy of revision `rev`'s operator, with what of its operator extra this
+    virtualenv lacks installed beside it, and the env that runs it."""
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "operator", "workers"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return {"PYTHONPATH": f"{into / 'operator'}:{into / 'workers'}"}
+    paths = [into / "operator", into / "workers"]
+    missing = missing_requirements(rev)
+    if missing:
+        print(f"baseline {rev} needs {' '.join(missing)}: installing beside it", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(into / "site"), *missing], check=True)
+        paths.append(into / "site")
+    return {"PYTHONPATH": ":".join(map(str, paths))}
 
 
 def run_mode(cluster, workdir: Path, label: str, env: dict, namespace: str, args) -> dict:
@@ -189,7 +217,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--steady", type=float, default=30.0, help="Seconds of idle state.")
     parser.add_argument("--interval", type=float, default=10.0, help="Reconcile timer (s).")
-    parser.add_argument("--baseline", metavar="REV", help="Also run git revision REV's operator.")
+    parser.add_argument("--baseline", metavar="REV", action="append", default=[],
+                        help="Also run git revision REV's operator (repeatable).")
     parser.add_argument("--modes", default="watches,timer", help="watches,timer (comma list)")
     args = parser.parse_args()
 
@@ -198,9 +227,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     modes = {"watches": ("watches", {}), "timer": ("timer only", {"KUBETUNE_WATCH_CHILDREN": "0"})}
     chosen = [modes[m] for m in args.modes.split(",") if m]
-    if args.baseline:
-        chosen.append((f"baseline {args.baseline}",
-                       baseline_tree(args.baseline, workdir / "baseline")))
+    for rev in args.baseline:
+        chosen.append((f"baseline {rev}", baseline_tree(rev, workdir / f"baseline-{rev}")))
     results = []
     with Cluster(workdir / "cluster") as cluster:
         for i, (label, env) in enumerate(chosen):

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The kubetune operator: Kopf and the Kubernetes client, nothing for training or serving.
+# The kubetune operator: Kopf, urllib3 and prometheus_client, nothing for training or serving.
 # Build from the repository root:  docker build -f images/operator.Dockerfile -t ghcr.io/kubetune/operator:0.1.0 .
 # Pin the base by digest when publishing (tags move); see images/README.md.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

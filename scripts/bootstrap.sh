@@ -24,6 +24,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # installed; it runs on the CPU), so the resolver never weighs another torch.
   quiet .venv/bin/pip install -q -c constraints.txt torch==2.13.0
   quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+  # The operator image has no `kubernetes` client; one left over in an older .venv would
+  # still be imported by Kopf (59 MiB more operator memory than the image has).
+  .venv/bin/pip uninstall -y -q kubernetes >/dev/null 2>&1 || true
   echo "$want" > "$stamp"
 fi
 quiet .venv/bin/python -m kubetune.devenv.tools install

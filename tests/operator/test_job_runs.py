@@ -87,3 +87,23 @@ def test_deletion_releases_the_finalizer_once_the_finalizer_is_done():
     assert runtime.kube.patches == [{"metadata": {"finalizers": ["other/keep"],
                                                   "resourceVersion": "9"}}]
     assert runtime.service.bodies == []  # a job being deleted is never reconciled
+
+
+def test_cleanup_warnings_are_counted_and_cleanup_is_abandoned_after_the_last_try(monkeypatch):
+    from kubetune.operator import handlers
+
+    warnings = []
+    monkeypatch.setattr(handlers.kopf, "warn",
+                        lambda body, reason, message: warnings.append(reason))
+    runtime = runtime_with(body())
+    job = body()
+    failed = Finalized(False, retry_after=5.0, warning="checkpoint cleanup failed: denied")
+    assert runtime.judge_cleanup(job, 0, failed) == 5.0
+    assert runtime.judge_cleanup(job, 1, failed) == 5.0
+    assert runtime.failed_cleanups == {"u": 2}
+    assert runtime.judge_cleanup(job, 2, Finalized(True)) is None  # done: release
+    last = handlers.MAX_DELETE_RETRIES - 1
+    assert runtime.judge_cleanup(job, last - 1, Finalized(False, retry_after=2.0)) == 2.0
+    assert runtime.judge_cleanup(job, last, Finalized(False, retry_after=2.0)) is None
+    assert warnings == ["CheckpointCleanupFailed", "CheckpointCleanupFailed",
+                        "CheckpointCleanupAbandoned"]

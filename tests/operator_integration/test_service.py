@@ -16,7 +16,7 @@ from kubetune.devenv.kubeapi import CONFIGMAPS, FINETUNEJOBS, NODES, PODS, SECRE
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.finalizer import Finalizer
 from kubetune.operator.finetune_service import VERDICT_WAIT_SECONDS, FineTuneService, SpecRefused
-from kubetune.operator.kube import Kube, new_api_client
+from kubetune.operator.kube import Kube
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def env(cluster, monkeypatch, tmp_path):
     identity = Identity(OPERATOR_USER, ("system:masters",))
     monkeypatch.setenv("KUBECONFIG", str(cluster.control_plane.kubeconfig(identity, cluster.namespace)))
     cluster.nodes_added = []
-    kube = Kube(new_api_client())
+    kube = Kube()
     events: list[tuple] = []
     clock = Clock()
     polls: list[dict] = []

@@ -242,3 +242,14 @@ def load_config(path: str | os.PathLike | None = None, environ=os.environ) -> Op
     except yaml.YAMLError as exc:
         raise ConfigError([f"config: {path} is not valid YAML: {exc}"]) from None
     return parse_config(data)
+
+
+WATCH_CHILDREN_ENV = "KUBETUNE_WATCH_CHILDREN"
+
+
+def children_watched(environ=os.environ) -> bool:
+    """Whether FineTuneJobs watch their pods and nodes, and ModelServes their Deployment
+    and Service ($KUBETUNE_WATCH_CHILDREN, on unless 0/false/off). Off, only the timers
+    notice changes: the benchmarks' side-by-side, and a way back should a cluster's pod
+    churn make the watches too costly. One switch for both kinds."""
+    return environ.get(WATCH_CHILDREN_ENV, "1").lower() not in ("0", "false", "off")

@@ -42,8 +42,9 @@ import kopf
 
 from kubetune.api import FINETUNEJOB
 
-from .config import load_config
-from .finalizer import Finalizer
+from . import kubeconn
+from .config import children_watched, load_config
+from .finalizer import Finalized, Finalizer
 from .finetune_service import TERMINAL, FineTuneService, SpecRefused
 from .kube import FINETUNEJOBS, Kube, KubeError
 from .metrics import METRICS, serve
@@ -58,7 +59,6 @@ from .watches import register as register_watches
 FINALIZER = "kubetune.dev/finetunejob-cleanup"
 KOPF_FINALIZER = "kubetune.dev/finalizer"
 INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "10"))
-WATCH_CHILDREN = os.environ.get("KUBETUNE_WATCH_CHILDREN", "1").lower() not in ("0", "false", "off")
 WORKERS = int(os.environ.get("KUBETUNE_RECONCILE_WORKERS", "8"))
 MAX_DELETE_RETRIES = 120
 API_RETRY_SECONDS = 5.0
@@ -87,7 +87,7 @@ class Runtime:
     """What the start-up builds, and what runs remember between triggers. Touched only
     from Kopf's event loop; the service and the finalizer run in `executor`."""
 
-    def __init__(self, watch_children: bool = WATCH_CHILDREN) -> None:
+    def __init__(self, watch_children: bool = children_watched()) -> None:
         self.kube: Kube | None = None
         self.service: FineTuneService | None = None
         self.finalizer: Finalizer | None = None
@@ -183,17 +183,13 @@ class Runtime:
         """The job is being deleted: the `Finalizer`'s steps, then release it."""
         meta = body["metadata"]
         uid = meta["uid"]
-        tries = self.failed_cleanups.get(uid, 0)
-        outcome = await self._call(self.finalizer.finalize, body, tries)
-        if outcome.warning:
-            self.failed_cleanups[uid] = tries + 1
-            kopf.warn(body, reason="CheckpointCleanupFailed", message=outcome.warning)
-        self.delete_tries[uid] = self.delete_tries.get(uid, 0) + 1
-        if not outcome.done:
-            if self.delete_tries[uid] < MAX_DELETE_RETRIES:
-                return outcome.retry_after
-            kopf.warn(body, reason="CheckpointCleanupAbandoned",
-                      message="checkpoint cleanup did not finish; the checkpoints were kept")
+        tries = self.delete_tries.get(uid, 0)
+        self.delete_tries[uid] = tries + 1
+        outcome = await self._call(self.finalizer.finalize, body,
+                                   self.failed_cleanups.get(uid, 0))
+        retry_after = self.judge_cleanup(body, tries, outcome)
+        if retry_after is not None:
+            return retry_after
         patch = {"metadata": {"finalizers": [f for f in _finalizers(body) if f != FINALIZER],
                               "resourceVersion": meta.get("resourceVersion")}}
         try:
@@ -205,6 +201,23 @@ class Runtime:
             if exc.status != 404:
                 raise
         self.written[key] = (meta.get("resourceVersion"), time.monotonic())
+        return None
+
+    def judge_cleanup(self, body: dict, tries: int, outcome: Finalized) -> float | None:
+        """After cleanup step number `tries` (from 0): the Events it calls for, and None
+        when the finalizer may go (done, or abandoned after MAX_DELETE_RETRIES steps: the
+        checkpoints are kept), else seconds until the next step. Both finalizers (ours,
+        and Kopf's on jobs of earlier operators) keep their books here."""
+        uid = body["metadata"]["uid"]
+        if outcome.warning:
+            self.failed_cleanups[uid] = self.failed_cleanups.get(uid, 0) + 1
+            kopf.warn(body, reason="CheckpointCleanupFailed", message=outcome.warning)
+        if outcome.done:
+            return None
+        if tries + 1 < MAX_DELETE_RETRIES:
+            return outcome.retry_after
+        kopf.warn(body, reason="CheckpointCleanupAbandoned",
+                  message="checkpoint cleanup did not finish; the checkpoints were kept")
         return None
 
     def forget(self, key, uid: str | None) -> None:
@@ -246,7 +259,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs) -> None:
     # before the pod watch (bench_operator: peak RSS).
     settings.batching.idle_timeout = 1.0
     config = load_config()
-    runtime.kube = kube = Kube()
+    runtime.kube = kube = Kube(kubeconn.Connection(pool_size=WORKERS))
     runtime.service = FineTuneService(kube, config, emit=post_event)
     runtime.finalizer = Finalizer(kube, config)
     runtime.executor = concurrent.futures.ThreadPoolExecutor(
@@ -263,10 +276,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs) -> None:
 
 @kopf.on.login(registry=registry)
 def login(**kwargs):
-    """$KUBECONFIG when set (read now, not at import), else the pod's service account."""
-    if os.environ.get("KUBECONFIG"):
-        return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """The credentials the reconciles' `Kube` uses too (one loader: `kubeconn.login`)."""
+    return kubeconn.login(**kwargs)
 
 
 @kopf.index(*RESOURCE, id=JOB_INDEX, registry=registry)
@@ -306,19 +317,10 @@ def legacy_cleanup(body, retry, **_) -> None:
     which keeps its finalizer on such jobs only (this handler's filter) and releases it
     once this returns. Every other job is finalized by `Runtime._finalize`."""
     job = plain_body(body)
-    uid = job["metadata"]["uid"]
-    tries = runtime.failed_cleanups.get(uid, 0)
-    outcome = runtime.finalizer.finalize(job, tries)
-    if outcome.warning:
-        runtime.failed_cleanups[uid] = tries + 1
-        kopf.warn(body, reason="CheckpointCleanupFailed", message=outcome.warning)
-    if outcome.done:
-        return
-    if retry + 1 < MAX_DELETE_RETRIES:
-        raise kopf.TemporaryError("checkpoint cleanup still running",
-                                  delay=max(1.0, outcome.retry_after))
-    kopf.warn(body, reason="CheckpointCleanupAbandoned",
-              message="checkpoint cleanup did not finish; the checkpoints were kept")
+    outcome = runtime.finalizer.finalize(job, runtime.failed_cleanups.get(job["metadata"]["uid"], 0))
+    retry_after = runtime.judge_cleanup(job, retry, outcome)
+    if retry_after is not None:
+        raise kopf.TemporaryError("checkpoint cleanup still running", delay=max(1.0, retry_after))
 
 
 if runtime.watches:

@@ -1,9 +1,8 @@
 """The operator's one door to the Kubernetes API: get / list / create / patch / delete.
 
-Generic REST calls over the `kubernetes` package's ApiClient (its auth, TLS and proxy
-handling; none of its generated models), so every kind — core objects and our custom
-resources — goes through the same five verbs, and the request count a benchmark reads is
-the real one. A 409 on create means "already exists" (names are deterministic); patches
+Plain REST calls over one `kubeconn.Connection` (Kopf's credentials, urllib3's pool), so
+every kind — core objects and our custom resources — goes through the same five verbs,
+and the request count a benchmark reads is the real one. A 409 on create means "already exists" (names are deterministic); patches
 are only sent when the object differs from what we want.
 """
 
@@ -17,7 +16,7 @@ from urllib.parse import urlencode
 
 from kubetune.api import FINETUNEJOB
 
-REQUEST_TIMEOUT = (5, 30)
+from .kubeconn import Connection
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,10 @@ def drift_patch(desired: dict, actual: dict) -> dict | None:
 
 
 class Kube:
-    """Thread-safe (the ApiClient's pool is); counts requests per verb for metrics."""
+    """Thread-safe (the connection's pool is); counts requests per verb for metrics."""
 
-    def __init__(self, api_client=None):
-        if api_client is None:
-            api_client = new_api_client()
-        self.api_client = api_client
+    def __init__(self, connection: Connection | None = None):
+        self.connection = connection if connection is not None else Connection()
         self.requests: Counter = Counter()
         self._lock = threading.Lock()
 
@@ -108,18 +105,15 @@ class Kube:
               content_type: str = "application/json"):
         with self._lock:
             self.requests[method] += 1
-        from kubernetes.client.exceptions import ApiException
-
         url = path + ("?" + urlencode(query) if query else "")
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        try:
-            response = self.api_client.call_api(
-                url, method, header_params=headers, body=body, auth_settings=["BearerToken"],
-                _preload_content=False, _return_http_data_only=True,
-                _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            raise KubeError(exc.status, _message(exc.body)) from None
-        raw = response.data
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        status, raw = self.connection.request(method, url, data, headers)
+        if not 200 <= status < 300:
+            raise KubeError(status, _message(raw))
         return json.loads(raw) if raw else {}
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict | None:
@@ -191,24 +185,9 @@ class Kube:
         return "patched"
 
 
-def _message(body) -> str:
+def _message(body: bytes) -> str:
+    text = body.decode(errors="replace")
     try:
-        return json.loads(body).get("message") or str(body)
-    except (TypeError, ValueError, AttributeError):
-        return str(body)[:500]
-
-
-def new_api_client():
-    """An ApiClient from $KUBECONFIG / ~/.kube/config, else the in-cluster service account.
-    The config is read now, not at import (tests point KUBECONFIG at their own control plane)."""
-    import os
-
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                client_configuration=configuration)
-    return client.ApiClient(configuration)
+        return json.loads(text).get("message") or text
+    except (ValueError, AttributeError):
+        return text[:500]

@@ -1,15 +1,20 @@
-"""A tiny Prometheus text endpoint: reconciles, recoveries, retries, errors, API requests.
+"""The operator's Prometheus metrics: reconciles, recoveries, retries, errors, status
+writes, watch triggers, and API requests by verb.
 
-Counters live in-process (they reset on restart, as Prometheus counters may); the
-endpoint is a stdlib HTTP server on $KUBETUNE_METRICS_PORT in a daemon thread, so the
-operator image needs no extra dependency.
+prometheus_client keeps the counters and serves them on $KUBETUNE_METRICS_PORT (its own
+HTTP server, in a daemon thread). They live in a registry of their own rather than the
+library's global one, so nothing else in the process (Kopf, a test) adds series to the
+operator's endpoint. The API request counts are `Kube`'s own, read at scrape time by a
+collector, so the figure a benchmark reads from the audit log and the one Prometheus
+scrapes come from the same place.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 PREFIX = "kubetune_operator"
 HELP = {
@@ -23,53 +28,43 @@ HELP = {
 
 
 class Metrics:
-    """Named counters plus a callable giving the API request counts per verb."""
+    """Named counters plus `api_requests`, a callable giving request counts per verb."""
 
     def __init__(self) -> None:
-        self.counters: Counter = Counter()
-        self._lock = threading.Lock()
-        self.api_requests = lambda: {}
+        self.registry = CollectorRegistry()
+        self._counters = {
+            name: Counter(f"{PREFIX}_{name.removesuffix('_total')}", text, registry=self.registry)
+            for name, text in HELP.items()}
+        self.api_requests: Callable[[], dict[str, int]] = lambda: {}
+        self.registry.register(_ApiRequests(self))
 
     def inc(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self.counters[name] += amount
+        self._counters[name].inc(amount)
 
     def render(self) -> str:
-        lines = []
-        with self._lock:
-            values = dict(self.counters)
-        for name, text in HELP.items():
-            lines += [f"# HELP {PREFIX}_{name} {text}", f"# TYPE {PREFIX}_{name} counter",
-                      f"{PREFIX}_{name} {values.get(name, 0)}"]
-        lines += [f"# HELP {PREFIX}_api_requests_total Kubernetes API requests by verb.",
-                  f"# TYPE {PREFIX}_api_requests_total counter"]
-        for verb, count in sorted(self.api_requests().items()):
-            lines.append(f'{PREFIX}_api_requests_total{{verb="{verb}"}} {count}')
-        return "\n".join(lines) + "\n"
+        """The text exposition a scrape gets."""
+        return generate_latest(self.registry).decode()
+
+
+class _ApiRequests:
+    """A collector: the API request counts per verb as they are at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        family = CounterMetricFamily(f"{PREFIX}_api_requests", "Kubernetes API requests by verb.",
+                                     labels=["verb"])
+        for verb, count in sorted(self.metrics.api_requests().items()):
+            family.add_metric([verb], count)
+        yield family
 
 
 METRICS = Metrics()
 
 
-def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Serve GET /metrics in a daemon thread; returns the server (port 0 picks one)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            if self.path.rstrip("/") != "/metrics":
-                self.send_error(404)
-                return
-            body = metrics.render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+def serve(metrics: Metrics, port: int, host: str = "0.0.0.0"):
+    """Serve the metrics (any path, as prometheus_client does) in a daemon thread;
+    returns the server (port 0 picks one)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
     return server

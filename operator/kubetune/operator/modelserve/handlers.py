@@ -29,15 +29,13 @@ import kopf
 
 from kubetune.api import FINETUNEJOB, MODELSERVE
 
-from ..config import load_config
+from ..config import children_watched, load_config
 from ..kube import Kube, KubeError
 from .service import InvalidServe, ServeService
 from .watches import ServeTriggers
 from .watches import register as register_watches
 
 RESYNC_SECONDS = float(os.environ.get("KUBETUNE_SERVE_RESYNC_SECONDS", "15"))
-# The FineTuneJob's switch (read again here: operator/handlers.py owns that module).
-WATCH_CHILDREN = os.environ.get("KUBETUNE_WATCH_CHILDREN", "1").lower() not in ("0", "false", "off")
 RETRY_SECONDS = 10
 TERMINAL_JOB_PHASES = {"Succeeded", "NotPromoted", "Failed"}
 GROUP, VERSION = MODELSERVE.group, MODELSERVE.version
@@ -51,7 +49,7 @@ def default_service() -> ServeService:
 def register(registry: kopf.OperatorRegistry,
              make_service: Callable[[], ServeService] = default_service,
              resync_seconds: float = RESYNC_SECONDS,
-             watch_children: bool = WATCH_CHILDREN) -> ServeTriggers:
+             watch_children: bool = children_watched()) -> ServeTriggers:
     """Returns the event-driven queue (tests read its counters)."""
     holder: list[ServeService] = []
 
