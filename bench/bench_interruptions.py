@@ -74,12 +74,15 @@ def job(name: str) -> dict:
 
 class Heads:
     """Polls the jobs' head pods (one LIST every 20 ms) and notes when each attempt's
-    pod first appeared and first ran."""
+    pod first appeared, first ran, and was last seen (a new attempt's head pod has the
+    same name: it can only be created once the old one is gone from the API)."""
 
     def __init__(self, api):
         self.api = api
         self.created: dict[tuple[str, int], float] = {}
         self.running: dict[tuple[str, int], tuple[float, str]] = {}
+        self.gone: dict[tuple[str, int], float] = {}
+        self._present: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -93,15 +96,22 @@ class Heads:
             except Exception:  # a hiccup under load: the next poll catches up
                 time.sleep(0.05)
                 continue
+            present = set()
             for pod in pods:
                 meta = pod["metadata"]
                 labels = meta.get("labels") or {}
-                if "kubetune.dev/attempt" not in labels or meta.get("deletionTimestamp"):
+                if "kubetune.dev/attempt" not in labels:
                     continue
                 key = (labels["kubetune.dev/finetunejob"], int(labels["kubetune.dev/attempt"]))
+                present.add(key)
+                if meta.get("deletionTimestamp"):
+                    continue
                 self.created.setdefault(key, now)
                 if (pod.get("status") or {}).get("phase") == "Running":
                     self.running.setdefault(key, (now, pod["spec"].get("nodeName", "")))
+            for key in self._present - present:
+                self.gone.setdefault(key, now)
+            self._present = present
             time.sleep(0.02)
 
     def __enter__(self) -> Heads:
@@ -140,9 +150,16 @@ def recorded_end(api, name: str, attempt: int) -> float | None:
 
 
 def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: int,
-            serial: list[int], end_errors: list[float]) -> list[float]:
+            serial: list[int], end_errors: list[float | None], record_wait: float,
+            after_gone: list[float]) -> list[float]:
     """`rounds` interruptions of `kind` for every job; seconds to the next head pod.
-    Node deletions add to `end_errors`: recorded end minus the deletion call's time."""
+    `after_gone` gets the operator's own share of each: from the old head pod gone
+    from the API (after the node agent confirmed it stopped, or the operator deleted
+    it on a lost node) to the new one created.
+    Node deletions add to `end_errors` the recorded end minus the deletion call's time,
+    or None when no end was recorded within `record_wait` s: the operator never saw that
+    pod run (timer only: it started and vanished between two ticks), so its GPU time is
+    missing from status."""
     from kubetune.devenv import spot
     from kubetune.devenv.nodeagent import NodeTemplate
 
@@ -170,7 +187,9 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
             for node, jobs in nodes.items():
                 now, wall = time.monotonic(), time.time()
                 for n in jobs:
-                    started[n], deleted_at[n] = now, wall
+                    started[n] = now
+                    if kind == "node-deletion":
+                        deleted_at[n] = wall
                 if kind == "taint":
                     spot.taint_no_execute(api, node)
                 else:
@@ -179,10 +198,15 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
             wait_for(lambda n=n: (n, attempts[n] + 1) in heads.created, 180,
                      f"{n} attempt {attempts[n] + 1}")
             latencies.append(heads.created[(n, attempts[n] + 1)] - started[n])
+            after_gone.append(heads.created[(n, attempts[n] + 1)] - heads.gone[(n, attempts[n])])
         for n in deleted_at:
-            end = wait_for(lambda n=n: recorded_end(api, n, attempts[n]), 60,
-                           f"{n} attempt {attempts[n]} end recorded")
-            end_errors.append(end - deleted_at[n])
+            try:
+                end = wait_for(lambda n=n: recorded_end(api, n, attempts[n]), record_wait,
+                               f"{n} attempt {attempts[n]} end recorded")
+            except TimeoutError:
+                end_errors.append(None)
+            else:
+                end_errors.append(end - deleted_at[n])
         if kind == "taint":  # tainted nodes host nothing of ours any more: retire them
             for node in nodes:
                 spot.delete_node(api, node)
@@ -190,15 +214,16 @@ def measure(cluster, agent, heads: Heads, names: list[str], kind: str, rounds: i
 
 
 def run_mode(cluster, agent, workdir: Path, kubeconfig: Path, label: str, env: dict,
-             names: list[str], rounds: int, serial: list[int]) -> dict[str, list[float]]:
-    """Latencies by kind, and under "end error" the node deletions' recorded-end errors."""
+             names: list[str], rounds: int, serial: list[int], record_wait: float) -> dict:
+    """Latencies by kind, and under "end error" the node deletions' recorded-end errors
+    (None: not recorded)."""
     from kubetune.devenv.kubeapi import FINETUNEJOBS
 
     log = open(workdir / f"operator-{label.replace(' ', '-')}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "kubetune.operator", "--standalone",
                              f"--namespace={NAMESPACE}", "--log-format=plain", "--verbose"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    results: dict[str, list[float]] = {"end error": []}
+    results: dict[str, list] = {"end error": []}
     try:
         time.sleep(3)
         with Heads(cluster.api) as heads:
@@ -206,8 +231,9 @@ def run_mode(cluster, agent, workdir: Path, kubeconfig: Path, label: str, env: d
                 cluster.api.create(FINETUNEJOBS, job(n), NAMESPACE)
             for kind in KINDS:
                 began = time.monotonic()
+                results[f"{kind} after gone"] = after_gone = []
                 results[kind] = measure(cluster, agent, heads, names, kind, rounds, serial,
-                                        results["end error"])
+                                        results["end error"], record_wait, after_gone)
                 print(f"  {label}: {len(results[kind])} x {kind} in "
                       f"{time.monotonic() - began:.0f}s", flush=True)
         for n in names:
@@ -253,7 +279,7 @@ def main() -> int:
                        "KUBETUNE_RECONCILE_INTERVAL": str(args.interval), **extra}
                 names = [f"m{i}-job-{j:02d}" for j in range(args.jobs)]
                 results[label] = run_mode(cluster, agent, workdir, kubeconfig, label, env,
-                                          names, args.rounds, serial)
+                                          names, args.rounds, serial, 2 * args.interval + 5)
 
     print(f"\nspot interruption -> next attempt's head pod created ({args.jobs} jobs at once x "
           f"{args.rounds} rounds per kind; timer {args.interval:g}s; {time.monotonic() - began:.0f}s "
@@ -267,12 +293,22 @@ def main() -> int:
         fast, slow = results["watches"][kind], results["timer only"][kind]
         print(f"  {kind:14} {'ratio':11}     {percentile(slow, .5) / percentile(fast, .5):6.1f}x "
               f"{percentile(slow, .99) / percentile(fast, .99):6.1f}x  (timer only / watches)")
+    print("\nof which the operator's own share: the old head pod gone from the API -> the new"
+          " one created")
+    for kind in KINDS:
+        for label, _ in modes:
+            values = results[label][f"{kind} after gone"]
+            print(f"  {kind:14} {label:11} {len(values):3} {percentile(values, .5):6.2f}s "
+                  f"{percentile(values, .99):6.2f}s {max(values):6.2f}s")
     print("\nNode deleted -> the vanished pod's recorded end, minus the deletion call's time"
           " (its GPU time is off by this, per GPU)")
     for label, _ in modes:
-        errors = results[label]["end error"]
-        print(f"  {label:11} {len(errors):3}  p50 {percentile(errors, .5):6.2f}s  p99 "
-              f"{percentile(errors, .99):6.2f}s  min {min(errors):6.2f}s  max {max(errors):6.2f}s")
+        found = [e for e in results[label]["end error"] if e is not None]
+        missing = len(results[label]["end error"]) - len(found)
+        spread = (f"p50 {percentile(found, .5):6.2f}s  p99 {percentile(found, .99):6.2f}s  "
+                  f"min {min(found):6.2f}s  max {max(found):6.2f}s" if found else "")
+        print(f"  {label:11} {len(found):3} recorded, {missing} not (never seen running: "
+              f"no GPU time in status)  {spread}")
     print(f"workdir (operator logs): {workdir}")
     return 0
 
