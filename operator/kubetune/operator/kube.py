@@ -2,8 +2,9 @@
 
 Plain REST calls over one `kubeconn.Connection` (Kopf's credentials, urllib3's pool), so
 every kind — core objects and our custom resources — goes through the same five verbs,
-and the request count a benchmark reads is the real one. A 409 on create means "already exists" (names are deterministic); patches
-are only sent when the object differs from what we want.
+and the request count a benchmark reads is the real one. A 409 on create means "already
+exists" (names are deterministic); patches are only sent when the object differs from
+what we want.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Kopf logs in for its watches through `login` ($KUBECONFIG when set, else the pod's
 service account, else ~/.kube/config); the reconcile threads' requests use credentials
 loaded by the same function, so the watches and the writes can never act as two
-different users. The requests go through urllib3 (boto3's own HTTP layer, so nothing
-new to install) with the TLS context and Authorization header Kopf derives from those
+different users. The requests go through urllib3 (the HTTP layer the kubernetes client
+itself sat on) with the TLS context and Authorization header Kopf derives from those
 credentials. The `kubernetes` client package is therefore not needed, and it must not
 be installed beside the operator: Kopf imports it whenever it is present, which cost
 59 MiB of the operator's resident memory for a client we used only as an HTTP door.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import kopf
 import urllib3
@@ -27,6 +28,12 @@ READ_SECONDS = 30.0
 # Connection errors only: a request that reached the server is never sent twice.
 RETRIES = urllib3.Retry(total=3, connect=3, read=0, redirect=0, status=0, other=0,
                         backoff_factor=0.2)
+
+
+class _Session(NamedTuple):
+    server: str
+    pool: urllib3.PoolManager
+    auth: dict[str, str]  # the Authorization header
 
 
 def login(**kwargs) -> kopf.ConnectionInfo:
@@ -55,7 +62,7 @@ class Connection:
         self._lock = threading.Lock()
         self._session = self._connect()
 
-    def _connect(self) -> tuple[str, urllib3.PoolManager, dict[str, str]]:
+    def _connect(self) -> _Session:
         info = self._credentials()
         options = {"maxsize": self._pool_size, "retries": RETRIES,
                    "timeout": urllib3.Timeout(connect=CONNECT_SECONDS, read=READ_SECONDS)}
@@ -63,13 +70,13 @@ class Connection:
             options["ssl_context"] = info.as_ssl_context()
         pool = (urllib3.ProxyManager(info.proxy_url, **options) if info.proxy_url
                 else urllib3.PoolManager(**options))
-        return info.server.rstrip("/"), pool, info.as_http_headers()
+        return _Session(info.server.rstrip("/"), pool, info.as_http_headers())
 
-    def _relogin(self, stale: tuple) -> None:
+    def _relogin(self, stale: _Session) -> None:
         with self._lock:
             if self._session is stale:  # else another thread has already done it
                 self._session = self._connect()
-                stale[1].clear()
+                stale.pool.clear()
 
     def request(self, method: str, path: str, body: bytes | None,
                 headers: dict[str, str]) -> tuple[int, bytes]:
@@ -82,6 +89,6 @@ class Connection:
         return response.status, response.data
 
 
-def _send(session: tuple, method: str, path: str, body: bytes | None, headers: dict):
-    server, pool, auth = session
-    return pool.request(method, server + path, body=body, headers={**headers, **auth})
+def _send(session: _Session, method: str, path: str, body: bytes | None, headers: dict):
+    return session.pool.request(method, session.server + path, body=body,
+                                headers={**headers, **session.auth})
