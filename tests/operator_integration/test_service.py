@@ -198,7 +198,12 @@ def test_preemption_is_a_recovery_with_backoff_and_a_new_attempt(env):
     assert reconcile(cluster, service).retry_after is not None  # backoff: not yet
     assert cluster.api.get(PODS, "svc-head", cluster.namespace) is None
     clock.advance(2)
+    before = dict(kube.requests)
     assert not reconcile(cluster, service).wrote_status  # pods created, status follows
+    # The pods listed, attempt 1's ConfigMap and Service read (not POSTed again for a
+    # 409 each), the head pod created.
+    assert {verb: n - before.get(verb, 0) for verb, n in kube.requests.items()
+            if n != before.get(verb, 0)} == {"GET": 3, "POST": 1}
     head = cluster.api.get(PODS, "svc-head", cluster.namespace)
     assert head["metadata"]["labels"]["kubetune.dev/attempt"] == "2"
     first_status(cluster, service, clock)

@@ -182,7 +182,8 @@ class FineTuneService:
             if status.next_attempt_after else 0.0
         if blocked or wait > 0:
             return Result(status.phase, retry_after=max(1.0, wait))
-        self._ensure(job, children)
+        # A later attempt finds its ConfigMap and Service from the first: GET, not POST+409+GET.
+        self._ensure(job, children, likely_exist=state.attempt > 1)
         for key, until in list(self.verdict_waits.items()):
             if until < now - timedelta(seconds=VERDICT_FORGET_SECONDS):  # a job deleted
                 self.verdict_waits.pop(key, None)
@@ -218,12 +219,13 @@ class FineTuneService:
 
     def _ensure(self, job: JobMeta, children: list[dict], likely_exist: bool = False) -> None:
         """Create each child, or patch what drifted on an existing one. A Secret is only
-        created (409 = it exists, keep it): the operator never reads or changes one."""
+        created (409 = it exists, keep it): the operator never reads or changes one. An
+        attempt's pods are new by definition, whatever `likely_exist` says of the rest."""
         for child in children:
             if child["kind"] == "Secret":
                 self.kube.create(SECRETS, child)
             else:
-                self.kube.ensure(child, likely_exists=likely_exist)
+                self.kube.ensure(child, likely_exists=likely_exist and child["kind"] != "Pod")
 
     def _observe(self, view: ClusterView, wanted_pods: list[dict], current: list[dict]):
         """One PodState for the attempt: head plus workers, missing ones counted as lost;
