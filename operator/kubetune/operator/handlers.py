@@ -317,7 +317,8 @@ def legacy_cleanup(body, retry, **_) -> None:
     which keeps its finalizer on such jobs only (this handler's filter) and releases it
     once this returns. Every other job is finalized by `Runtime._finalize`."""
     job = plain_body(body)
-    outcome = runtime.finalizer.finalize(job, runtime.failed_cleanups.get(job["metadata"]["uid"], 0))
+    failed = runtime.failed_cleanups.get(job["metadata"]["uid"], 0)
+    outcome = runtime.finalizer.finalize(job, failed)
     retry_after = runtime.judge_cleanup(job, retry, outcome)
     if retry_after is not None:
         raise kopf.TemporaryError("checkpoint cleanup still running", delay=max(1.0, retry_after))
