@@ -9,12 +9,15 @@ Prints:
   3. p50/p95 from an adapter-list change (the mounted ConfigMap file, written as the
      kubelet writes it) to `Loaded` in kubetune's adapter agent, which downloads from S3,
      verifies and loads through vLLM's runtime LoRA API;
-  4. vLLM's start time (process start to /health) and its resident memory here.
+  4. vLLM's start time (process start to /health) and its resident memory here;
+  5. mixed batches of base and adapter requests on a CPU pool, with the spec's LoRA flags
+     passed as they are (every slot taken) against the slots kubetune derives: tokens/s,
+     the ratio, and how many answers differ from each model's answer alone.
 
 The former engine is taken from git at FORMER_ENGINE_REV (the last commit that had it)
 and run as its Deployment ran it. Everything is real: moto S3 on loopback, the tiny
 Llama base (float32 in both servers), peft adapters, the official openai client.
-Run: .venv/bin/python bench/bench_serve.py [--loads 20] [--tokens 32]
+Run: .venv/bin/python bench/bench_serve.py [--loads 20] [--tokens 32] [--mixed-only]
 """
 
 from __future__ import annotations
@@ -150,15 +153,16 @@ def former_engine(workdir: Path, env: dict, config: dict, port: int) -> subproce
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
 
 
-def vllm_server(workdir: Path, base_dir: Path, port: int, env: dict) -> subprocess.Popen:
+def vllm_server(workdir: Path, base_dir: Path, port: int, env: dict, max_loras: int = ADAPTERS,
+                max_cpu_loras: int = 2 * ADAPTERS, log_name: str = "vllm.log") -> subprocess.Popen:
     from kubetune.devenv.vllmenv import VENV
 
-    with open(workdir / "vllm.log", "wb") as log:
+    with open(workdir / log_name, "wb") as log:
         return subprocess.Popen(
             [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
              "--model", str(base_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
-             "--port", str(port), "--enable-lora", "--max-loras", str(ADAPTERS),
-             "--max-lora-rank", "16", "--max-cpu-loras", str(2 * ADAPTERS),
+             "--port", str(port), "--enable-lora", "--max-loras", str(max_loras),
+             "--max-lora-rank", "16", "--max-cpu-loras", str(max_cpu_loras),
              "--max-model-len", "512", "--dtype", "float32"],
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             env={**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"})
@@ -167,9 +171,12 @@ def vllm_server(workdir: Path, base_dir: Path, port: int, env: dict) -> subproce
 class Agent:
     """kubetune's adapter agent beside that vLLM, its config written as the kubelet does."""
 
-    def __init__(self, workdir: Path, base_dir: Path, vllm_port: int, env: dict, config: dict):
+    def __init__(self, workdir: Path, base_dir: Path, vllm_port: int, env: dict, config: dict,
+                 name: str = "agent"):
         from kubetune.devenv.s3 import free_port
 
+        workdir = workdir / name
+        workdir.mkdir()
         self.config_path = workdir / "agent" / "config.json"
         self.config_path.parent.mkdir()
         self.config = config
@@ -194,6 +201,88 @@ class Agent:
         return {a["name"]: a["state"] for a in (body or {}).get("adapters", [])} if status == 200 else {}
 
 
+def greedy_tokens(client, model: str, tokens: int) -> tuple[int, ...]:
+    answer = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=tokens, temperature=0,
+        extra_body={"return_token_ids": True, "min_tokens": tokens})
+    return tuple(answer.choices[0].token_ids)
+
+
+def mixed_batches(workdir: Path, base_dir: Path, env: dict, agent_config: dict, names: list[str],
+                  tokens: int, rounds: int) -> dict[str, tuple[float, int, int]]:
+    """Part 5: 16 concurrent requests over the base and every adapter, with the spec's
+    own --max-loras/--max-cpu-loras ("spec flags": every slot taken, as before kubetune
+    derived them) and with the flags kubetune derives for a CPU pool (one slot kept
+    empty, the agent capped). Per setting: generated tokens/s, and how many of the
+    answers differ from that model's answer alone."""
+    from kubetune.api import ModelServeSpec
+    from kubetune.devenv.s3 import free_port
+    from kubetune.operator.modelserve.lora_slots import lora_slots
+    from openai import OpenAI
+
+    spec = ModelServeSpec.model_validate({
+        "baseModel": {"uri": agent_config["baseModel"]["uri"]},
+        "resources": {"gpusPerWorker": 0}, "maxAdaptersInMemory": len(names),
+        "vllm": {"maxLoras": len(names)}})
+    derived = lora_slots(spec)
+    settings = {
+        ("spec", "spec flags"): (spec.vllm.max_loras, spec.max_adapters_in_memory, None),
+        ("derived", "kubetune's"): (derived.max_loras, derived.max_cpu_loras, derived.max_loaded),
+    }
+    models = ["tiny", *names]
+    results = {}
+    for (slug, label), (max_loras, max_cpu_loras, max_loaded) in settings.items():
+        port = free_port()
+        vllm = vllm_server(workdir, base_dir, port, env, max_loras, max_cpu_loras,
+                           log_name=f"vllm-{slug}.log")
+        try:
+            wait(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, "vLLM /health", vllm)
+            config = dict(agent_config)
+            if max_loaded is not None:
+                config["maxLoadedAdapters"] = max_loaded
+            agent = Agent(workdir, base_dir, port, env, config, name=f"agent-{slug}")
+            try:
+                wait(lambda: list(agent.states().values()).count("Loaded") == len(names),
+                     f"the agent loading {len(names)} adapters", agent.process)
+                client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                                max_retries=0, timeout=600)
+                solo = {m: greedy_tokens(client, m, tokens) for m in models}
+                url = f"http://127.0.0.1:{port}/v1"
+                concurrent_tokens(url, models, 2, 4)  # warm up
+                rate = sum(concurrent_tokens(url, models, 16, tokens) for _ in range(rounds)) / rounds
+                wrong = total = 0
+                for _ in range(rounds):
+                    asked = [models[i % len(models)] for i in range(16)]
+                    answers: list = [None] * len(asked)
+
+                    def one(i: int) -> None:
+                        answers[i] = greedy_tokens(client, asked[i], tokens)
+
+                    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asked))]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join()
+                    wrong += sum(a != solo[m] for m, a in zip(asked, answers))
+                    total += len(asked)
+                results[f"{label} (--max-loras {max_loras}, --max-cpu-loras {max_cpu_loras})"] = (
+                    rate, wrong, total)
+            finally:
+                stop(agent.process)
+        finally:
+            stop(vllm)
+    return results
+
+
+def print_mixed(results: dict[str, tuple[float, int, int]], adapters: int, tokens: int) -> None:
+    print(f"\n5. 16 concurrent requests over the base and {adapters} adapters, CPU pool, "
+          f"max_tokens {tokens} (generated tokens/s; answers unlike the model's solo answer)")
+    for label, (rate, wrong, total) in results.items():
+        print(f"   {label:58s} {rate:8.1f}   wrong {wrong}/{total}")
+    (before, _, _), (after, _, _) = results.values()
+    print(f"   ratio kubetune's/spec flags = {after / before:.2f}")
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -208,6 +297,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loads", type=int, default=20, help="hot loads timed in part 3")
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens per request")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of part 5")
+    parser.add_argument("--mixed-only", action="store_true", help="run part 5 only")
     args = parser.parse_args()
 
     from kubetune.devenv.s3 import LoopbackS3, free_port
@@ -226,6 +317,12 @@ def main() -> None:
         names = [d.name for d in local]
         env = {**env, **s3.env()}
         entries = [{"name": n, "uri": u} for n, u in zip(names, uris)]
+        agent_config = {"baseModel": {"uri": base_uri, "servedName": "tiny"}, "adapters": entries,
+                        "maxLoraRank": 16, "storage": {"endpoint": s3.endpoint}}
+        mixed = mixed_batches(workdir, base_dir, env, agent_config, names, args.tokens, args.rounds)
+        if args.mixed_only:
+            print_mixed(mixed, ADAPTERS, args.tokens)
+            return
 
         port = free_port()
         former = former_engine(workdir, env, {
@@ -249,9 +346,7 @@ def main() -> None:
             start_seconds = wait(lambda: get_json(f"http://127.0.0.1:{vport}/health")[0] == 200,
                                  "vLLM /health", vllm)
             rss = tree_rss_mib(vllm.pid)
-            agent = Agent(workdir, base_dir, vport, env, {
-                "baseModel": {"uri": base_uri, "servedName": "tiny"}, "adapters": entries,
-                "maxLoraRank": 16, "storage": {"endpoint": s3.endpoint}})
+            agent = Agent(workdir, base_dir, vport, env, agent_config)
             try:
                 wait(lambda: list(agent.states().values()).count("Loaded") == ADAPTERS,
                      "the agent loading 8 adapters into vLLM", agent.process)
@@ -288,6 +383,7 @@ def main() -> None:
     print(f"   p50 {percentile(loads, 50) * 1e3:7.0f} ms   p95 {percentile(loads, 95) * 1e3:7.0f} ms")
     print(f"\n4. vLLM start to /health {start_seconds:.1f} s, resident memory {rss:.0f} MiB "
           "(process tree, KV cache 1 GiB)")
+    print_mixed(mixed, ADAPTERS, args.tokens)
 
 
 if __name__ == "__main__":

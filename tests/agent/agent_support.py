@@ -39,13 +39,17 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
-def agent_config(adapters: list[dict], endpoint: str, max_lora_rank: int = MAX_LORA_RANK) -> dict:
-    return {
+def agent_config(adapters: list[dict], endpoint: str, max_lora_rank: int = MAX_LORA_RANK,
+                 max_loaded_adapters: int | None = None) -> dict:
+    config = {
         "baseModel": {"uri": BASE_URI, "servedName": "base"},
         "adapters": adapters,
         "maxLoraRank": max_lora_rank,
         "storage": {"endpoint": endpoint, "region": "us-east-1"},
     }
+    if max_loaded_adapters is not None:
+        config["maxLoadedAdapters"] = max_loaded_adapters
+    return config
 
 
 @dataclass
@@ -134,6 +138,19 @@ def start_agent(tmp_path: Path, env: dict, config: dict, base_dir: Path, vllm_ur
         agent.stop()
         raise
     return agent
+
+
+def vllm_python() -> Path:
+    """vLLM's interpreter: the bootstrap always builds its virtualenv, so none is a failure."""
+    from kubetune.devenv.vllmenv import VENV
+
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        import pytest
+
+        pytest.fail(f"no vLLM virtualenv at {VENV}: the bootstrap builds it "
+                    "(python -m kubetune.devenv.vllmenv build)")
+    return python
 
 
 @dataclass

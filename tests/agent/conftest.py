@@ -10,8 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agent_support import BASE_URI, BUCKET, VllmProcess, agent_config, http, start_agent
+from agent_support import (
+    BASE_URI,
+    BUCKET,
+    VllmProcess,
+    agent_config,
+    http,
+    start_agent,
+    vllm_python,
+)
 from lora_adapters import make_adapter, upload_dir, write_manifest
+from kubetune.api import ModelServeSpec
+from kubetune.operator.modelserve.lora_slots import lora_slots
 from kubetune.workers.manifest import MANIFEST_NAME, describe_files
 
 
@@ -89,14 +99,12 @@ def stored_adapters(agent_s3, tiny_model_path, tmp_path_factory) -> dict[str, St
 def vllm(tmp_path_factory, tiny_model_path):
     """One vLLM OpenAI server for the session; `vllm.kill()` then `vllm.start()` restarts
     it on the same port (the agent keeps its URL)."""
-    from kubetune.devenv.vllmenv import VENV
-
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"no vLLM virtualenv at {VENV}: the bootstrap builds it "
-                    "(python -m kubetune.devenv.vllmenv build)")
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VllmProcess(python, tiny_model_path, log_path).start()
+    # The LoRA slots kubetune gives vLLM on a CPU pool for a default ModelServe.
+    slots = lora_slots(ModelServeSpec.model_validate(
+        {"baseModel": {"uri": BASE_URI}, "resources": {"gpusPerWorker": 0}}))
+    server = VllmProcess(vllm_python(), tiny_model_path, log_path, max_loras=slots.max_loras,
+                         max_cpu_loras=slots.max_cpu_loras).start()
     print(f"\nvLLM started in {server.start_seconds:.1f}s, RSS {server.rss_bytes() / 2**30:.2f} GiB")
     yield server
     server.stop()

@@ -268,3 +268,37 @@ def test_readded_while_its_unload_is_in_flight_is_loaded_afresh():
     assert table.observe({}, table.seq, DIR) == []  # nothing to restore: it is loading anew
     assert table.next_action(0.0) == Load("a", spec("a"))
     assert version.path not in table.served_paths()
+
+
+def test_a_new_adapter_waits_while_vllm_holds_max_loaded_and_loads_when_one_goes():
+    """Where the operator caps what vLLM holds (CPU pools keep the last LoRA slot empty),
+    a third adapter waits, says why, does not hold readiness back, and loads once a slot
+    frees; replacing a loaded adapter in place needs no free slot."""
+    table = AdapterTable(max_loaded=2)
+    table.apply([spec("a"), spec("b"), spec("c")])
+    load(table, "a")
+    load(table, "b")
+    assert table.next_action(0.0) is None
+    waiting = table.records["c"]
+    assert waiting.state == PENDING
+    assert "at most 2 adapters (maxAdaptersInMemory)" in waiting.message
+    assert table.readiness(vllm_up=True) == (True, "ready")
+
+    table.apply([spec("a", sha=SHA_B), spec("b"), spec("c")])  # a replaced in place
+    assert load(table, "a", identity=SHA_B).identity == SHA_B
+    assert table.next_action(0.0) is None
+
+    table.apply([spec("a", sha=SHA_B), spec("c")])  # b removed: unloaded first, then c
+    action = table.next_action(0.0)
+    assert isinstance(action, Unload) and action.name == "b"
+    assert table.next_action(0.0) == action  # still held until vLLM confirms the unload
+    table.unloaded("b", action.served)
+    load(table, "c")
+
+
+def test_without_a_cap_every_adapter_loads():
+    table = AdapterTable()
+    table.apply([spec(name) for name in "abcde"])
+    for name in "abcde":
+        load(table, name)
+    assert table.counts()[LOADED] == 5

@@ -23,6 +23,7 @@ from ..builders.placement import place
 from ..builders.storage_env import service_account_name, storage_endpoint
 from ..config import OperatorConfig
 from . import naming
+from .lora_slots import lora_slots
 from .podspec import AGENT_PORT_NAME, CONFIG_KEY, PORT_NAME, containers, volumes
 from .resolve import Resolution
 
@@ -60,12 +61,16 @@ def agent_config(spec: ModelServeSpec, config: OperatorConfig, adapters: list[Re
             if adapter.sha256:
                 entry["sha256"] = adapter.sha256
             served.append(entry)
-    return {
+    document = {
         "baseModel": spec.base_model.to_wire(),
         "adapters": served,
         "maxLoraRank": spec.vllm.max_lora_rank,
         "storage": storage_settings(spec, config),
     }
+    max_loaded = lora_slots(spec).max_loaded
+    if max_loaded is not None:
+        document["maxLoadedAdapters"] = max_loaded
+    return document
 
 
 def restart_hash(spec: ModelServeSpec, config: OperatorConfig) -> str:

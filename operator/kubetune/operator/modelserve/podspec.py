@@ -21,6 +21,7 @@ from kubetune.api.modelserve import AGENT_PORT
 from ..builders.pods import container_resources, container_security
 from ..builders.storage_env import storage_env
 from ..config import OperatorConfig
+from .lora_slots import lora_slots
 
 CONFIG_DIR = "/etc/kubetune/serve"
 CONFIG_KEY = "config.json"
@@ -67,16 +68,16 @@ def pvc_claim(spec: ModelServeSpec) -> str | None:
 
 def vllm_args(spec: ModelServeSpec) -> list[str]:
     """`vllm serve` flags from the typed spec; extraArgs last, as the user wrote them."""
-    engine = spec.vllm
+    engine, slots = spec.vllm, lora_slots(spec)
     args = [
         "--model", base_model_dir(spec),
         "--served-model-name", spec.base_model.served_name,
         "--host", "0.0.0.0",
         "--port", str(spec.port),
         "--enable-lora",
-        "--max-loras", str(engine.max_loras),
+        "--max-loras", str(slots.max_loras),
         "--max-lora-rank", str(engine.max_lora_rank),
-        "--max-cpu-loras", str(spec.max_adapters_in_memory),
+        "--max-cpu-loras", str(slots.max_cpu_loras),
         "--dtype", engine.dtype,
     ]
     optional = (

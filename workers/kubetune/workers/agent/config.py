@@ -49,6 +49,9 @@ class AgentConfig(_Model):
     base_model: BaseModelConfig = Field(alias="baseModel")
     adapters: tuple[AdapterConfig, ...] = ()
     max_lora_rank: int = Field(default=16, ge=1, alias="maxLoraRank")
+    # The most adapters vLLM may hold at once (None: no limit). The operator sets it
+    # where vLLM must keep its last LoRA slot empty (see operator/modelserve/lora_slots).
+    max_loaded_adapters: int | None = Field(default=None, ge=1, alias="maxLoadedAdapters")
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

@@ -71,7 +71,7 @@ class Agent:
         self.poll_seconds = poll_seconds
         self.check_seconds = check_seconds
         self.metrics = AgentMetrics()
-        self.table = AdapterTable()
+        self.table = AdapterTable(max_loaded=config.max_loaded_adapters)
         self.table.apply(config.adapters)
         self.vllm_up = False
         self.config_error: str | None = None
@@ -107,6 +107,7 @@ class Agent:
                         config.base_model.uri)
         self.config, self.config_error = config, None
         self.fetcher.checks = self._checks(config)
+        self.table.max_loaded = config.max_loaded_adapters
         diff = self.table.apply(config.adapters)
         log.info("config applied: added %s, changed %s, removed %s",
                  [a.name for a in diff.added], [a.name for a in diff.changed], list(diff.removed))

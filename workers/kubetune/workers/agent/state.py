@@ -115,6 +115,7 @@ class AdapterTable:
     unloads: dict[str, Served] = field(default_factory=dict)
     seq: int = 0
     settled_once: bool = False  # readiness latch: the first config's adapters all settled
+    max_loaded: int | None = None  # the most adapters vLLM may hold at once (None: any)
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -175,17 +176,33 @@ class AdapterTable:
                 if record.restore is not None:
                     return Reload(name, record.restore)
             for name, record in due:
-                if record.staged is not None:
+                if record.staged is not None and self._has_room(record):
                     return Load(name, record.spec, record.staged)
         for name, record in due:
-            if record.state == PENDING:
+            if record.state == PENDING and self._has_room(record):
                 return Load(name, record.spec)
         for name, record in due:
             if record.state == FAILED and record.retry_at is not None and (
                 vllm_up or record.restore is None
-            ):
+            ) and self._has_room(record):
                 return Load(name, record.spec)
         return None
+
+    def _has_room(self, record: Record) -> bool:
+        """May `record` be loaded now? A version of it already in vLLM is replaced in
+        place (same slot); a new adapter waits while vLLM holds `max_loaded` of them,
+        counting versions to restore and unloads still to do."""
+        if self.max_loaded is None or record.served is not None or record.restore is not None:
+            return True
+        held = len(self.unloads) + sum(
+            1 for r in self.records.values() if r.served is not None or r.restore is not None)
+        if held < self.max_loaded:
+            return True
+        record.message = (f"waiting for a free adapter slot: this server holds at most "
+                          f"{self.max_loaded} adapters (maxAdaptersInMemory)")
+        record.settled = True  # its peers serve: it must not hold the pod's readiness back
+        self._latch()
+        return False
 
     def next_retry(self) -> float | None:
         times = [r.retry_at for r in self.records.values() if r.retry_at is not None]
