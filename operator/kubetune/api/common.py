@@ -9,8 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from .labels import LABEL_MAP_MAX, check_labels, label_map_schema
 
 API_GROUP = "kubetune.dev"
 API_VERSION = "v1alpha1"
@@ -150,8 +159,12 @@ class Placement(ApiModel):
         default="16Gi",
         description="Memory request and limit per pod: a positive quantity (48Gi, 512Mi).",
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods must match (the GPU node pool)."
+    node_selector: Annotated[dict[str, str], AfterValidator(check_labels)] = Field(
+        default_factory=dict,
+        max_length=LABEL_MAP_MAX,
+        description="Node labels the pods must match (the GPU node pool): keys and values "
+        "in Kubernetes' label syntax.",
+        json_schema_extra=label_map_schema(),
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Tolerations added to every pod."
