@@ -22,6 +22,8 @@ from .common import (
 )
 from .evaluation import EvaluationSpec
 from .names import WORKERS_MAX
+from .policies import BackoffSpec as BackoffSpec  # re-exported: importers name it here
+from .policies import RetryPolicy, SpotPolicy
 
 MODEL_URI_PATTERN = (
     r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
@@ -210,70 +212,6 @@ class TrainResources(Placement):
     """Ray workers and their placement on a GPU node pool."""
 
     workers: int = Field(default=1, ge=1, le=WORKERS_MAX, description="Ray Train workers (pods).")
-
-
-class BackoffSpec(ApiModel):
-    """Bounded exponential backoff between attempts."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.initialSeconds <= self.maxSeconds",
-                    "message": "initialSeconds must not exceed maxSeconds",
-                }
-            ]
-        }
-    )
-
-    initial_seconds: int = Field(default=10, ge=0, le=3600, description="First delay.")
-    max_seconds: int = Field(default=300, ge=0, le=86400, description="Largest delay.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BackoffSpec:
-        if self.initial_seconds > self.max_seconds:
-            raise ValueError("initialSeconds must not exceed maxSeconds")
-        return self
-
-
-class SpotPolicy(ApiModel):
-    """Spot capacity and recovery from preemption, counted apart from errors."""
-
-    enabled: StrictBool = Field(default=False, description="Run on spot / preemptible nodes.")
-    checkpoint_interval_steps: int = Field(
-        default=50, ge=1, le=1_000_000, description="Checkpoint to object storage every N steps."
-    )
-    checkpoint_budget_seconds: int = Field(
-        default=25,
-        ge=1,
-        le=600,
-        description="Seconds the trainer has after SIGTERM to save a checkpoint (GKE gives 30).",
-    )
-    max_recoveries: int = Field(
-        default=10, ge=0, le=1000, description="Preemptions tolerated before the job fails."
-    )
-    strategy: Literal["StayOnSpot", "FallbackToOnDemand"] = Field(
-        default="FallbackToOnDemand", description="What to do after repeated preemptions."
-    )
-    fallback_after_preemptions: int = Field(
-        default=3, ge=1, le=1000, description="FallbackToOnDemand: preemptions before moving."
-    )
-    fallback_after_pending_seconds: int = Field(
-        default=900,
-        ge=30,
-        le=86400,
-        description="FallbackToOnDemand: seconds pods may wait for spot capacity before moving.",
-    )
-    backoff: BackoffSpec = Field(
-        default_factory=BackoffSpec, description="Delay between recovery attempts."
-    )
-
-
-class RetryPolicy(ApiModel):
-    """Retries after user-code errors (bad data, OOM, crashes) — not preemptions."""
-
-    max_error_retries: int = Field(default=2, ge=0, le=100, description="Retries after errors.")
-    backoff: BackoffSpec = Field(default_factory=BackoffSpec, description="Delay between retries.")
 
 
 class OutputSpec(ObjectStore):
