@@ -5,9 +5,15 @@ fallbackAfterPreemptions above maxRecoveries means the job fails after maxRecove
 preemptions before it would move to on-demand. Refused by the models and by the CRD's
 CEL on the real API server, naming spec.spot; the boundary (equal) is accepted, and the
 recovery decisions show why: at equal counts the last recovery is the fallback.
+
+And `kubectl explain` states what a kill without notice can lose, which the background
+checkpoint uploads make up to two intervals, not one.
 """
 
 from __future__ import annotations
+
+import subprocess
+import time
 
 import pytest
 from crd_api import (
@@ -19,8 +25,10 @@ from crd_api import (
     refusal,
     stored_names,
 )
+from polling import wait_for
 
 from kubetune.api import FineTuneJobSpec, SpecError, parse_spec
+from kubetune.devenv.tools import tool_path
 from kubetune.operator.pod_state import PodState
 from kubetune.operator.recovery import RecoveryState, decide
 
@@ -95,3 +103,19 @@ def test_at_equal_counts_the_last_recovery_is_the_fallback():
     assert (first.action, second.action, third.action) == ("recover", "fallback", "fail")
     assert second.next.capacity_type == "on-demand"
 
+
+def test_kubectl_explain_states_the_loss_bound_of_a_hard_kill(kube_cluster, tmp_path):
+    def explain():
+        # A fresh discovery cache each try: the CRDs were installed moments ago, and the
+        # API server publishes their schema a little later.
+        run = subprocess.run(
+            [str(tool_path("kubectl")), "--kubeconfig", str(kube_cluster.kubeconfig),
+             "--cache-dir", str(tmp_path / f"cache-{time.monotonic_ns()}"), "explain",
+             "finetunejob.spec.spot.checkpointIntervalSteps"],
+            capture_output=True, text=True, timeout=60)
+        return run.stdout if run.returncode == 0 else None
+
+    text = " ".join(wait_for(explain, "kubectl explain of the FineTuneJob CRD").split())
+    assert "SIGTERM" in text and "loses nothing" in text, text
+    assert "SIGKILL" in text and "at most N when no upload is in flight" in text, text
+    assert "at most 2N while one is" in text, text

@@ -71,7 +71,16 @@ class SpotPolicy(ApiModel):
 
     enabled: StrictBool = Field(default=False, description="Run on spot / preemptible nodes.")
     checkpoint_interval_steps: int = Field(
-        default=50, ge=1, le=1_000_000, description="Checkpoint to object storage every N steps."
+        default=50, ge=1, le=1_000_000,
+        description="Checkpoint to object storage every N optimizer steps. A SIGTERM (the "
+        "spot notice) checkpoints the current step too and loses nothing if the uploads end "
+        "within checkpointBudgetSeconds (past it, the trainer exits and loses as much as a "
+        "kill would). A kill without "
+        "notice (SIGKILL, the node lost) loses the step in progress and those completed "
+        "since the newest checkpoint in storage: at most N when no upload is in flight, at "
+        "most 2N while one is, since uploads run in the background while training goes on "
+        "(step kN's upload unfinished: the next attempt resumes from step (k-1)N, or from "
+        "the start for the first).",
     )
     checkpoint_budget_seconds: int = Field(
         default=25,
