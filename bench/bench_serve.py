@@ -208,13 +208,32 @@ def greedy_tokens(client, model: str, tokens: int) -> tuple[int, ...]:
     return tuple(answer.choices[0].token_ids)
 
 
+def timed_mix(client, models: list[str], tokens: int) -> tuple[float, list[tuple[int, ...]]]:
+    """16 requests at once, models in turn: generated tokens/s and each answer's tokens."""
+    answers: list = [None] * 16
+
+    def one(i: int) -> None:
+        answers[i] = greedy_tokens(client, models[i % len(models)], tokens)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(answers))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(map(len, answers)) / (time.perf_counter() - started), answers
+
+
 def mixed_batches(workdir: Path, base_dir: Path, env: dict, agent_config: dict, names: list[str],
                   tokens: int, rounds: int) -> dict[str, tuple[float, int, int]]:
     """Part 5: 16 concurrent requests over the base and every adapter, with the spec's
     own --max-loras/--max-cpu-loras ("spec flags": every slot taken, as before kubetune
     derived them) and with the flags kubetune derives for a CPU pool (one slot kept
-    empty, the agent capped). Per setting: generated tokens/s, and how many of the
-    answers differ from that model's answer alone."""
+    empty, the agent capped). Both servers run at once and the rounds alternate between
+    them, so load from elsewhere on the machine falls on both alike. Per setting:
+    generated tokens/s, and how many answers differ from that model's answer alone."""
+    from contextlib import ExitStack
+
     from kubetune.api import ModelServeSpec
     from kubetune.devenv.s3 import free_port
     from kubetune.operator.modelserve.lora_slots import lora_slots
@@ -230,48 +249,38 @@ def mixed_batches(workdir: Path, base_dir: Path, env: dict, agent_config: dict, 
         ("derived", "kubetune's"): (derived.max_loras, derived.max_cpu_loras, derived.max_loaded),
     }
     models = ["tiny", *names]
-    results = {}
-    for (slug, label), (max_loras, max_cpu_loras, max_loaded) in settings.items():
-        port = free_port()
-        vllm = vllm_server(workdir, base_dir, port, env, max_loras, max_cpu_loras,
-                           log_name=f"vllm-{slug}.log")
-        try:
+    with ExitStack() as running:
+        servers = {}
+        for (slug, label), (max_loras, max_cpu_loras, max_loaded) in settings.items():
+            port = free_port()
+            vllm = vllm_server(workdir, base_dir, port, env, max_loras, max_cpu_loras,
+                               log_name=f"vllm-{slug}.log")
+            running.callback(stop, vllm)
             wait(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, "vLLM /health", vllm)
             config = dict(agent_config)
             if max_loaded is not None:
                 config["maxLoadedAdapters"] = max_loaded
             agent = Agent(workdir, base_dir, port, env, config, name=f"agent-{slug}")
-            try:
-                wait(lambda: list(agent.states().values()).count("Loaded") == len(names),
-                     f"the agent loading {len(names)} adapters", agent.process)
-                client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                                max_retries=0, timeout=600)
-                solo = {m: greedy_tokens(client, m, tokens) for m in models}
-                url = f"http://127.0.0.1:{port}/v1"
-                concurrent_tokens(url, models, 2, 4)  # warm up
-                rate = sum(concurrent_tokens(url, models, 16, tokens) for _ in range(rounds)) / rounds
-                wrong = total = 0
-                for _ in range(rounds):
-                    asked = [models[i % len(models)] for i in range(16)]
-                    answers: list = [None] * len(asked)
-
-                    def one(i: int) -> None:
-                        answers[i] = greedy_tokens(client, asked[i], tokens)
-
-                    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asked))]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    wrong += sum(a != solo[m] for m, a in zip(asked, answers))
-                    total += len(asked)
-                results[f"{label} (--max-loras {max_loras}, --max-cpu-loras {max_cpu_loras})"] = (
-                    rate, wrong, total)
-            finally:
-                stop(agent.process)
-        finally:
-            stop(vllm)
-    return results
+            running.callback(stop, agent.process)
+            wait(lambda: list(agent.states().values()).count("Loaded") == len(names),
+                 f"the agent loading {len(names)} adapters", agent.process)
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0,
+                            timeout=600)
+            solo = {m: greedy_tokens(client, m, tokens) for m in models}
+            timed_mix(client, models, 4)  # warm up
+            key = f"{label} (--max-loras {max_loras}, --max-cpu-loras {max_cpu_loras})"
+            servers[key] = (client, solo, [], [0, 0])
+        for round_ in range(rounds):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for key in order:
+                client, solo, rates, counts = servers[key]
+                rate, answers = timed_mix(client, models, tokens)
+                asked = [models[i % len(models)] for i in range(len(answers))]
+                rates.append(rate)
+                counts[0] += sum(a != solo[m] for m, a in zip(asked, answers))
+                counts[1] += len(answers)
+    return {key: (sum(rates) / len(rates), counts[0], counts[1])
+            for key, (_, _, rates, counts) in servers.items()}
 
 
 def print_mixed(results: dict[str, tuple[float, int, int]], adapters: int, tokens: int) -> None:

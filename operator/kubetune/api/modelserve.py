@@ -128,6 +128,13 @@ class ServeResources(Placement):
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_ADAPTERS_IN_MEMORY = 8
+# vLLM's CPU build must keep one LoRA slot empty, so each adapter holds a slot of its own
+# there (kubetune.operator.modelserve.lora_slots says why): no swapping beyond the slots.
+CPU_ADAPTERS_MESSAGE = (
+    "on a CPU pool (resources.gpusPerWorker 0) every adapter holds a LoRA slot of its own: "
+    "list at most maxAdaptersInMemory adapters, or raise maxAdaptersInMemory"
+)
 # Flags kubetune sets from typed fields: passing them in extraArgs would contradict the spec.
 VLLM_MANAGED_FLAGS = {
     "--model": "baseModel.uri", "--served-model-name": "baseModel.servedName",
@@ -146,7 +153,8 @@ class VllmSettings(ApiModel):
 
     max_loras: int = Field(
         default=4, ge=1, le=256,
-        description="Adapters batched together in one step (--max-loras).",
+        description="Adapters batched together in one step (--max-loras) on GPU pools; on "
+        "CPU pools kubetune sets it from maxAdaptersInMemory (see there).",
     )
     max_lora_rank: Literal[VLLM_LORA_RANKS] = Field(  # type: ignore[valid-type]
         default=16,
@@ -209,6 +217,13 @@ class ModelServeSpec(ApiModel):
                     "message": "maxAdaptersInMemory must be at least vllm.maxLoras",
                 },
                 {
+                    "rule": "!has(self.adapters) || !has(self.resources) || "
+                    "!has(self.resources.gpusPerWorker) || self.resources.gpusPerWorker > 0 || "
+                    "size(self.adapters) <= (has(self.maxAdaptersInMemory) ? "
+                    f"self.maxAdaptersInMemory : {DEFAULT_ADAPTERS_IN_MEMORY})",
+                    "message": CPU_ADAPTERS_MESSAGE,
+                },
+                {
                     "rule": "!has(self.baseModel.loadIn4bit) || !self.baseModel.loadIn4bit || "
                     "!has(self.resources) || !has(self.resources.gpusPerWorker) || "
                     "self.resources.gpusPerWorker > 0",
@@ -227,9 +242,13 @@ class ModelServeSpec(ApiModel):
     )
     replicas: int = Field(default=1, ge=0, le=64, description="Server pods.")
     max_adapters_in_memory: int = Field(
-        default=8, ge=1, le=1024,
+        default=DEFAULT_ADAPTERS_IN_MEMORY, ge=1, le=1024,
         description="Adapters held per replica in host memory (vLLM --max-cpu-loras); "
-        "least recently used beyond. At least vllm.maxLoras.",
+        "least recently used beyond. At least vllm.maxLoras. On CPU pools "
+        "(resources.gpusPerWorker 0) each held adapter gets a LoRA slot of its own plus one "
+        "kept empty (--max-loras maxAdaptersInMemory+1, vllm.maxLoras not used), because "
+        "vLLM's CPU build gives base-model requests the last slot's adapter; the adapters "
+        "listed must then fit.",
     )
     vllm: VllmSettings = Field(default_factory=VllmSettings, description="vLLM engine settings.")
     resources: ServeResources = Field(
@@ -258,6 +277,9 @@ class ModelServeSpec(ApiModel):
                 f"maxAdaptersInMemory ({self.max_adapters_in_memory}) must be at least "
                 f"vllm.maxLoras ({self.vllm.max_loras})"
             )
+        if self.resources.gpus_per_worker == 0 and len(self.adapters) > self.max_adapters_in_memory:
+            raise ValueError(f"{CPU_ADAPTERS_MESSAGE} ({len(self.adapters)} adapters, "
+                             f"maxAdaptersInMemory {self.max_adapters_in_memory})")
         if self.base_model.load_in_4bit and self.resources.gpus_per_worker == 0:
             raise ValueError(
                 "baseModel.loadIn4bit needs a GPU pool (resources.gpusPerWorker > 0): vLLM's "
