@@ -40,36 +40,48 @@ def greedy(client: openai.OpenAI, model: str, prompt: str) -> tuple[int, ...]:
     return tuple(response.choices[0].token_ids)
 
 
-@pytest.mark.parametrize("adapters, max_loras, in_memory", [
-    (2, 2, 2),  # maxLoras equal to the adapters: every slot of the spec's engine taken
-    (3, 4, 4),  # maxLoras larger than the adapters
-], ids=["slots-equal-adapters", "slots-above-adapters"])
-def test_every_mix_of_base_and_adapters_answers_as_each_alone(
-        adapters, max_loras, in_memory, agents, stored_adapters, tiny_model_path, tmp_path):
+@pytest.fixture
+def cpu_vllm(request, tiny_model_path, tmp_path):
+    """vLLM with the LoRA flags kubetune derives for a CPU-pool ModelServe with
+    vllm.maxLoras and maxAdaptersInMemory as given; the session's vLLM when it is the
+    default ModelServe's (maxLoras 4, maxAdaptersInMemory 8), else one of its own."""
+    max_loras, in_memory = request.param
     slots = lora_slots(cpu_serve(max_loras, in_memory))
-    vllm = VllmProcess(vllm_python(), tiny_model_path, tmp_path / "vllm.log",
-                       max_loras=slots.max_loras, max_cpu_loras=slots.max_cpu_loras).start()
+    if (max_loras, in_memory) == (4, 8):
+        yield request.getfixturevalue("clean_vllm"), slots
+        return
+    server = VllmProcess(vllm_python(), tiny_model_path, tmp_path / "vllm.log",
+                         max_loras=slots.max_loras, max_cpu_loras=slots.max_cpu_loras).start()
     try:
-        names = [f"good{i}" for i in range(1, adapters + 1)]
-        agent = agents([stored_adapters[n].entry() for n in names], vllm.url,
-                       max_loaded_adapters=slots.max_loaded)
-        agent.wait_settled(dict.fromkeys(names, "Loaded"))
-        client = openai.OpenAI(base_url=vllm.url + "/v1", api_key="x", max_retries=0,
-                               timeout=120)
-        models = ["base", *names]
-        solo = {(m, p): greedy(client, m, p) for m in models for p in PROMPTS}
-        for prompt in PROMPTS:  # the adapters really differ from the base and each other
-            assert len({solo[(m, prompt)] for m in models}) == len(models)
-
-        wrong = []
-        mixes = [mix for size in range(2, len(models) + 1)
-                 for mix in itertools.combinations(models, size)]
-        with ThreadPoolExecutor(max_workers=COPIES * len(models) * len(PROMPTS)) as pool:
-            for round_, mix in itertools.product(range(ROUNDS), mixes):
-                requests = [(m, p) for m in mix for p in PROMPTS for _ in range(COPIES)]
-                answers = list(pool.map(lambda r: greedy(client, *r), requests))
-                wrong += [(round_, mix, r) for r, a in zip(requests, answers) if a != solo[r]]
-        total = ROUNDS * sum(len(mix) for mix in mixes) * COPIES * len(PROMPTS)
-        assert not wrong, f"{len(wrong)} of {total} answers differ from their solo answer: {wrong[:5]}"
+        yield server, slots
     finally:
-        vllm.stop()
+        server.stop()
+
+
+@pytest.mark.parametrize("adapters, cpu_vllm", [
+    (2, (2, 2)),  # maxLoras equal to the adapters: every slot of the spec's engine taken
+    (3, (4, 8)),  # maxLoras larger than the adapters (the default ModelServe's settings)
+], ids=["slots-equal-adapters", "slots-above-adapters"], indirect=["cpu_vllm"])
+def test_every_mix_of_base_and_adapters_answers_as_each_alone(adapters, cpu_vllm, agents,
+                                                             stored_adapters):
+    vllm, slots = cpu_vllm
+    names = [f"good{i}" for i in range(1, adapters + 1)]
+    agent = agents([stored_adapters[n].entry() for n in names], vllm.url,
+                   max_loaded_adapters=slots.max_loaded)
+    agent.wait_settled(dict.fromkeys(names, "Loaded"))
+    client = openai.OpenAI(base_url=vllm.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    models = ["base", *names]
+    solo = {(m, p): greedy(client, m, p) for m in models for p in PROMPTS}
+    for prompt in PROMPTS:  # the adapters really differ from the base and from each other
+        assert len({solo[(m, prompt)] for m in models}) == len(models)
+
+    wrong = []
+    mixes = [mix for size in range(2, len(models) + 1)
+             for mix in itertools.combinations(models, size)]
+    with ThreadPoolExecutor(max_workers=COPIES * len(models) * len(PROMPTS)) as pool:
+        for round_, mix in itertools.product(range(ROUNDS), mixes):
+            requests = [(m, p) for m in mix for p in PROMPTS for _ in range(COPIES)]
+            answers = list(pool.map(lambda r: greedy(client, *r), requests))
+            wrong += [(round_, mix, r) for r, a in zip(requests, answers) if a != solo[r]]
+    total = ROUNDS * sum(len(mix) for mix in mixes) * COPIES * len(PROMPTS)
+    assert not wrong, f"{len(wrong)} of {total} answers differ from their solo answer: {wrong[:5]}"
