@@ -95,7 +95,8 @@ def test_hot_load_unload_and_refusals_in_one_running_pod(
     s3, uris = adapter_library
     api, ns = kube_cluster.api, kube_namespace
     api.create(SECRETS, s3_secret(ns), ns)
-    api.create(MODELSERVES, modelserve("lib", ns, s3.endpoint,
+    # Six adapters are listed at once below: on a CPU pool each holds a LoRA slot.
+    api.create(MODELSERVES, modelserve("lib", ns, s3.endpoint, maxAdaptersInMemory=6,
                                        adapters=listing(uris, "good-1", "good-2")), ns)
 
     def state():
