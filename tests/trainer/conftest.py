@@ -32,6 +32,14 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_bases() -> dict[str, Path]:
+    """The tiny base of each model family (devenv.families), built once and cached."""
+    from kubetune.devenv.families import FAMILIES, family_model_dir
+
+    return {name: family_model_dir(name) for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def s3():
     from kubetune.devenv.s3 import LoopbackS3
 

@@ -13,6 +13,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from . import family
 from .errors import DatasetError
 
 IGNORE_INDEX = -100
@@ -75,33 +76,38 @@ def _require_text(row: dict, keys: tuple[str, ...], fmt: str, where: str) -> Non
         )
 
 
-def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a text that opens a sequence: BOS once, as `family.encode` rules."""
+    return family.encode(tokenizer, text)
 
 
 def alpaca_example(row: dict, tokenizer, where: str) -> Example:
-    """Prompt tokens carry no loss: the model learns the response, not the instruction."""
+    """Prompt tokens carry no loss: the model learns the response, not the instruction.
+    The response ends with a token this base's generation stops on (`family`)."""
     _require_text(row, ("instruction", "output"), "alpaca", where)
     if row.get("input") not in (None, "") and not isinstance(row.get("input"), str):
         raise DatasetError(f"{where}: alpaca field input must be a string")
     template = ALPACA_PROMPT_WITH_INPUT if row.get("input") else ALPACA_PROMPT
-    prompt = _encode(tokenizer, template.format(**{"input": "", **row}), True)
-    response = _encode(tokenizer, row["output"], False) + [tokenizer.eos_token_id]
+    prompt = encode_prompt(tokenizer, template.format(**{"input": "", **row}))
+    stop = family.conventions(tokenizer).stop_id
+    response = list(tokenizer(row["output"], add_special_tokens=False)["input_ids"]) + [stop]
     return Example(tuple(prompt + response), tuple([IGNORE_INDEX] * len(prompt) + response))
 
 
 def text_example(row: dict, tokenizer, where: str) -> Example:
     _require_text(row, ("text",), "text", where)
-    ids = _encode(tokenizer, row["text"], True) + [tokenizer.eos_token_id]
+    ids = encode_prompt(tokenizer, row["text"]) + [family.conventions(tokenizer).stop_id]
     return Example(tuple(ids), tuple(ids))
 
 
 def chat_example(row: dict, tokenizer, where: str) -> Example:
-    """Loss only on assistant turns (as Vicuna computes it).
+    """Loss only on assistant turns (as Vicuna computes it): each answer plus the token
+    that ends its turn, so the model learns to stop.
 
-    Each assistant turn's characters are found by rendering the conversation up to it
-    with and without the turn; tokens whose characters fall inside are trained. This
-    works with any chat template, not only ones that mark assistant spans.
+    The conversation is rendered once with the base's own chat template and each
+    assistant turn is located in that final render (`family.assistant_spans`); tokens
+    whose characters begin inside a turn are trained. This works with any template,
+    including ones that render earlier turns differently once later turns exist.
     """
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -114,22 +120,10 @@ def chat_example(row: dict, tokenizer, where: str) -> Example:
         raise DatasetError(f"{where}: format chat needs a tokenizer with a chat template")
     if not any(m["role"] == "assistant" for m in messages):
         raise DatasetError(f"{where}: chat row has no assistant turn to learn from")
-
-    def render(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    full = render(len(messages), False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start = len(render(i, True)) if i else 0
-            spans.append((start, len(render(i + 1, False))))
-    encoded = tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
+    full, spans = family.assistant_spans(tokenizer, messages, where)
+    ids, offsets = family.encode(tokenizer, full, with_offsets=True)
     labels = []
-    for token, (begin, end) in zip(ids, encoded["offset_mapping"]):
+    for token, (begin, end) in zip(ids, offsets):
         inside = end > begin and any(s <= begin < e for s, e in spans)
         labels.append(token if inside else IGNORE_INDEX)
     return Example(tuple(ids), tuple(labels))
@@ -335,8 +329,9 @@ def packed_attention_mask(positions, real):
     attend to each other. A 4D mask is used as given whatever the cache. Bool, not an
     additive float mask: sdpa (what the trainer loads) takes bool with a query of any
     dtype, while a float32 mask against a bf16 query is refused by CUDA's
-    memory-efficient kernel. Eager attention would add a bool mask to the scores, so
-    `steps.train_step` refuses packed batches on anything but sdpa.
+    memory-efficient kernel. Eager attention would add a bool mask to the scores, so a
+    family that needs eager (attention soft-capping) gets it turned additive before the
+    decoder runs (`modeling.additive_packed_masks`).
 
     Each padding token is its own one-token block, so no row is fully masked (which
     would give NaN) and no real token sees padding.

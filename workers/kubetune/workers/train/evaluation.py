@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import data as datamod
+from . import family
 from .errors import DatasetError
 
 
@@ -46,13 +47,12 @@ def prompt_and_reference(row: dict, fmt: str, tokenizer, where: str) -> EvalItem
     alpaca: the training template up to "### Response:", reference = output. chat: the
     conversation before the last assistant turn with the generation prompt, reference =
     that turn. The prompt is tokenized as training tokenizes it, so the adapter sees at
-    evaluation exactly what it learned from.
+    evaluation exactly what it learned from (BOS once, even where the template writes it).
     """
     if fmt == "alpaca":
         datamod.alpaca_example(row, tokenizer, where)  # the same checks as training
         template = datamod.ALPACA_PROMPT_WITH_INPUT if row.get("input") else datamod.ALPACA_PROMPT
-        text = template.format(**{"input": "", **row})
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = datamod.encode_prompt(tokenizer, template.format(**{"input": "", **row}))
         return EvalItem(tuple(ids), row["output"])
     if fmt == "chat":
         datamod.chat_example(row, tokenizer, where)
@@ -60,7 +60,7 @@ def prompt_and_reference(row: dict, fmt: str, tokenizer, where: str) -> EvalItem
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         text = tokenizer.apply_chat_template(messages[:last], tokenize=False,
                                              add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = datamod.encode_prompt(tokenizer, text)
         return EvalItem(tuple(ids), messages[last]["content"])
     raise DatasetError(f"{where}: format {fmt} rows have no reference answer to compare with")
 
@@ -91,9 +91,11 @@ def judge_answer(answer: str, reference: str) -> tuple[bool, bool]:
 def greedy_answers(model, tokenizer, prompts: list[tuple[int, ...]], max_new_tokens: int,
                    device) -> list[str]:
     """Greedy completions of left-padded prompts (generation needs the prompt's end
-    aligned), decoded without special tokens."""
+    aligned), decoded without special tokens; they stop on every token the base's
+    generation stops on and on its chat template's end-of-turn token."""
     import torch
 
+    stops = family.conventions(tokenizer).stop_ids
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -104,7 +106,7 @@ def greedy_answers(model, tokenizer, prompts: list[tuple[int, ...]], max_new_tok
     with torch.no_grad():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=pad, eos_token_id=list(stops))
     return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 

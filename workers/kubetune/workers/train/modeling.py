@@ -7,6 +7,7 @@ unquantized. Both enable gradient checkpointing, trading compute for activation 
 
 from __future__ import annotations
 
+from . import family
 from .errors import ModelSourceError
 
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
@@ -48,31 +49,35 @@ def load_tokenizer(model_dir: str, spec):
 
 
 def load_peft_model(model_dir: str, spec, device):
-    """The base model with a fresh LoRA adapter; only adapter weights require grad."""
+    """The base model with a fresh LoRA adapter; only adapter weights require grad.
+
+    What depends on the family is read off the base (`family`): the attention
+    implementation from its config, the LoRA targets from its own linear layers.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     quant = quantization_config(spec.method)
+    source = {"revision": spec.base_model.revision,
+              "trust_remote_code": spec.base_model.trust_remote_code}
     kwargs = {}
-    if spec.training.packing:
-        # Packed batches carry a 4D bool mask that only sdpa reads as "may attend"
-        # (eager would add it to the scores): see data.packed_attention_mask.
-        kwargs["attn_implementation"] = "sdpa"
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": str(device)}
     else:
         kwargs["dtype"] = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            revision=spec.base_model.revision,
-            trust_remote_code=spec.base_model.trust_remote_code,
-            **kwargs,
-        )
+        config = AutoConfig.from_pretrained(model_dir, **source)
+        attention = family.attention_implementation(config, spec.training.packing)
+        if attention:
+            kwargs["attn_implementation"] = attention
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **source, **kwargs)
     except Exception as exc:
         raise ModelSourceError(f"baseModel {spec.base_model.uri}: {exc}") from exc
+    if attention == "eager" and spec.training.packing:
+        additive_packed_masks(model)
+    targets = family.resolve_target_modules(model, spec.method.lora.target_modules)
     checkpointing = {"use_reentrant": False}
     if quant is not None:
         keep_cpu_4bit_trainable(model)
@@ -83,18 +88,43 @@ def load_peft_model(model_dir: str, spec, device):
         model.to(device)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     lora = spec.method.lora
-    targets = lora.target_modules
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelSourceError(f"spec.method.lora.targetModules: {exc}") from exc
+        raise ModelSourceError(f"{family.TARGETS_FIELD}: {exc}") from exc
+
+
+def additive_packed_masks(model) -> None:
+    """Let eager attention read packed batches' boolean masks.
+
+    Packed batches carry a 4D bool "may attend" mask (data.packed_attention_mask) that
+    sdpa reads as such; eager attention adds the mask to the scores, so a bool mask
+    would add 0/1 and let examples see each other. Eager is what soft-capping families
+    need (`family.attention_implementation`): before the decoder runs, a 4D bool mask
+    becomes the additive form (0 where allowed, the dtype's minimum elsewhere) in the
+    model's activation dtype.
+    """
+    import torch
+
+    def to_additive(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dtype != torch.bool or mask.dim() != 4:
+            return None
+        dtype = module.get_input_embeddings().weight.dtype
+        if not dtype.is_floating_point:
+            dtype = torch.float32
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        kwargs["attention_mask"] = additive.masked_fill(~mask, torch.finfo(dtype).min)
+        return args, kwargs
+
+    model.get_decoder().register_forward_pre_hook(to_additive, with_kwargs=True)
 
 
 def keep_cpu_4bit_trainable(model) -> int:
