@@ -50,10 +50,16 @@ KINDS_BY_OBJECT = {"Pod": PODS, "Service": SERVICES, "ConfigMap": CONFIGMAPS, "E
 
 
 class KubeError(RuntimeError):
-    """A non-2xx answer: `status` is the HTTP code, the message the API server's."""
+    """A non-2xx answer: `status` is the HTTP code, the message the API server's.
+    `reason` and `details` come from its Status body (`details.causes[].field` names
+    the refused field), for `api_errors.classify`; empty when the body was not a Status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, reason: str = "",
+                 details: dict | None = None):
         self.status = status
+        self.message = message
+        self.reason = reason
+        self.details = details or {}
         super().__init__(f"HTTP {status}: {message}")
 
 
@@ -114,7 +120,7 @@ class Kube:
             headers["Content-Type"] = content_type
         status, raw = self.connection.request(method, url, data, headers)
         if not 200 <= status < 300:
-            raise KubeError(status, _message(raw))
+            raise KubeError(status, *_status_body(raw))
         return json.loads(raw) if raw else {}
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict | None:
@@ -130,11 +136,14 @@ class Kube:
         query = {"labelSelector": selector(labels)} if labels else None
         return self._call("GET", kind.path(namespace), query=query).get("items") or []
 
-    def create(self, kind: Kind, body: dict) -> bool:
-        """True when created, False when an object of that name already existed (409)."""
+    def create(self, kind: Kind, body: dict, dry_run: bool = False) -> bool:
+        """True when created, False when an object of that name already existed (409).
+        `dry_run`: the API server validates and admits it (quota, ServiceAccount, Pod
+        Security) but stores nothing; a refusal raises as it would for real."""
         namespace = body["metadata"].get("namespace")
         try:
-            self._call("POST", kind.path(namespace), body)
+            self._call("POST", kind.path(namespace), body,
+                       query={"dryRun": "All"} if dry_run else None)
         except KubeError as exc:
             if exc.status == 409:
                 return False
@@ -186,9 +195,15 @@ class Kube:
         return "patched"
 
 
-def _message(body: bytes) -> str:
+def _status_body(body: bytes) -> tuple[str, str, dict]:
+    """(message, reason, details) of an error answer: a metav1.Status, or any text."""
     text = body.decode(errors="replace")
     try:
-        return json.loads(text).get("message") or text
-    except (ValueError, AttributeError):
-        return text[:500]
+        status = json.loads(text)
+    except ValueError:
+        return text[:500], "", {}
+    if not isinstance(status, dict):
+        return text[:500], "", {}
+    details = status.get("details")
+    return (status.get("message") or text[:500], status.get("reason") or "",
+            details if isinstance(details, dict) else {})
