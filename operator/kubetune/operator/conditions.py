@@ -70,10 +70,16 @@ def job_conditions(
     generation: int | None,
     previous: list[Condition] | None,
     now: datetime,
+    stalled: bool = False,
 ) -> list[Condition]:
     """All six conditions for `phase`, each carrying the phase's reason and message, so
-    whichever condition a tool reads explains the job's state."""
+    whichever condition a tool reads explains the job's state. `stalled`: an in-progress
+    phase that cannot go on until someone acts (a child the API server refuses for
+    good): Stalled True and Reconciling False, which kstatus reads as failed, while the
+    phase still says how far the job got."""
     statuses = job_condition_statuses(phase)
+    if stalled:
+        statuses = {**statuses, "Reconciling": "False", "Stalled": "True"}
     result = []
     for kind in JOB_CONDITION_TYPES:
         status = statuses[kind]

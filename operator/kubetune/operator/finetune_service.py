@@ -21,13 +21,13 @@ from datetime import datetime, timedelta, timezone
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus, SpecError, parse_spec
 
-from . import accounting, evaluation_status, job_status
+from . import accounting, attempt_start, evaluation_status, job_status, refusals
 from . import progress as progress_mod
 from .builders import JobMeta, build_children, needs_ray_auth
 from .cluster_view import ApiView, ClusterView, stopped_by
 from .conditions import job_conditions, status_patch
 from .config import OperatorConfig
-from .kube import FINETUNEJOBS, PODS, Kind, Kube, KubeError
+from .kube import FINETUNEJOBS, PODS, Kube, KubeError
 from .metrics import METRICS, Metrics
 from .naming import LABEL_ATTEMPT, head_pod_name, selector_labels
 from .pod_state import PodState, attempt_state, classify_missing_pod, classify_pod, parse_time
@@ -41,8 +41,6 @@ RAY_AUTH_TOKEN_BYTES = 32
 # pods (ms on a healthy cluster, ~1 s for a burst of 200 jobs), see `_first_status`.
 VERDICT_WAIT_SECONDS = 3.0
 VERDICT_FORGET_SECONDS = 3600.0  # a wait entry whose job never came back is dropped then
-# Create-only (RBAC grants nothing else): never through Kube.ensure, which reads on a 409.
-SECRETS = Kind("", "v1", "secrets")
 Emit = Callable[[dict, str, str, str], None]
 
 
@@ -86,6 +84,7 @@ class FineTuneService:
         self.wait_grace = self.profile.deleted_node_pods == "AfterGracePeriod"
         # (job uid, attempt) -> until when its first status write waits for the scheduler
         self.verdict_waits: dict[tuple[str, int], datetime] = {}
+        self.starter = attempt_start.Starter(kube)  # remembers refused attempts
 
     # --- entry point ------------------------------------------------------------------
     def reconcile(self, body: dict, sync_children: bool = False,
@@ -128,7 +127,8 @@ class FineTuneService:
             return Result(status.phase, conflict=True, retry_after=1.0)
         current = [p for p in pods if attempt_of(p) == state.attempt]
         stale = [p for p in pods if attempt_of(p) < state.attempt and _is_attempt_pod(p)]
-        held = self._clear_stale(job, stale, view)
+        held = attempt_start.clear_stale(self.kube, job.namespace, stale, view, self.now(),
+                                         self.wait_grace)
         wanted_pods = [c for c in children if c["kind"] == "Pod"]
         # An attempt counts as started once the status write after creating its pods
         # cleared nextAttemptAfter; from then on a missing pod is a lost pod.
@@ -146,12 +146,16 @@ class FineTuneService:
             if missing and not view.authoritative:  # perhaps only not in the cache yet
                 return self._reconcile(body, job, spec, status, children, sync,
                                        view.confirmed())
-            if missing:  # deleted before the attempt's first status write: recreate
-                self._ensure(job, missing)
-                return Result(status.phase, retry_after=1.0)
+            # Deleted before the attempt's first status write: recreate. The Secret
+            # follows the pods (`attempt_start`): a restart may have come between.
+            subset = missing + [c for c in children if c["kind"] == "Secret"]
+            stopped = self._create(body, job, status, children, subset, current) \
+                if subset else None
+            if stopped is not None or missing:
+                return stopped or Result(status.phase, retry_after=1.0)
         if sync:  # the token Secret matters only when pods are created: skip it here
-            self._ensure(job, [c for c in children if c["kind"] not in ("Pod", "Secret")],
-                         likely_exist=True)
+            self.starter.sync([c for c in children if c["kind"] not in ("Pod", "Secret")],
+                              lambda text: self.emit(body, "Warning", "FailedUpdate", text))
         observed = self._observe(view, wanted_pods, current)
         if observed is None:  # the snapshot lacks a pod or a node: only the API can tell
             return self._reconcile(body, job, spec, status, children, False, view.confirmed())
@@ -183,7 +187,9 @@ class FineTuneService:
         if blocked or wait > 0:
             return Result(status.phase, retry_after=max(1.0, wait))
         # A later attempt finds its ConfigMap and Service from the first: GET, not POST+409+GET.
-        self._ensure(job, children, likely_exist=state.attempt > 1)
+        stopped = self._create(body, job, status, children, likely_exist=state.attempt > 1)
+        if stopped is not None:
+            return stopped
         for key, until in list(self.verdict_waits.items()):
             if until < now - timedelta(seconds=VERDICT_FORGET_SECONDS):  # a job deleted
                 self.verdict_waits.pop(key, None)
@@ -217,15 +223,21 @@ class FineTuneService:
             self.verdict_waits.pop(key, None)
         return result
 
-    def _ensure(self, job: JobMeta, children: list[dict], likely_exist: bool = False) -> None:
-        """Create each child, or patch what drifted on an existing one. A Secret is only
-        created (409 = it exists, keep it): the operator never reads or changes one. An
-        attempt's pods are new by definition, whatever `likely_exist` says of the rest."""
-        for child in children:
-            if child["kind"] == "Secret":
-                self.kube.create(SECRETS, child)
-            else:
-                self.kube.ensure(child, likely_exists=likely_exist and child["kind"] != "Pod")
+    def _create(self, body, job: JobMeta, status, children: list[dict], subset=None,
+                current=(), likely_exist: bool = False) -> Result | None:
+        """Create the attempt's children (`subset` of them); None once all are there. A
+        refusal removes them again, is reported (status, a FailedCreate Event) and tried
+        again after a backoff, at once after a spec edit (`attempt_start`, `refusals`)."""
+        held = self.starter.start(job.uid, body["metadata"].get("generation"), children,
+                                  subset, list(current), likely_exist, self.now())
+        if held is None or held.refused is None:
+            return held and Result(status.phase, retry_after=held.retry_after)
+        log.warning("%s/%s: %s; next try in %.0fs", job.namespace, job.name,
+                    held.refused.message, held.retry_after)
+        new = refusals.refused_status(body, status, held.refused, self.now())
+        result = self._commit(body, status, new, None, reason=refusals.FAILED_CREATE,
+                              message=held.refused.message)
+        return replace(result, retry_after=held.retry_after)
 
     def _observe(self, view: ClusterView, wanted_pods: list[dict], current: list[dict]):
         """One PodState for the attempt: head plus workers, missing ones counted as lost;
@@ -276,31 +288,6 @@ class FineTuneService:
                                                     gone_at=gone_at))
         wait = (held - now).total_seconds() if held is not None else None
         return attempt_state(states[0], states[1:]), by_name, sightings, wait
-
-    def _clear_stale(self, job: JobMeta, stale: list[dict], view: ClusterView) -> float | None:
-        """Delete the pods of ended attempts (each by uid: a cache's old pod must never
-        hit a new one of the same name). One stuck terminating on a deleted Node is
-        force-deleted once it has surely stopped (`stopped_by`, the API confirming the
-        Node is gone): no kubelet will ever confirm it, and the next attempt's pod needs
-        its name. Returns the seconds until such a pod may go, if one must still wait."""
-        now, held, api = self.now(), None, None
-        for pod in stale:
-            meta, node = pod["metadata"], (pod.get("spec") or {}).get("nodeName")
-            if not meta.get("deletionTimestamp"):
-                self.kube.delete(PODS, meta["name"], job.namespace, uid=meta.get("uid"))
-                continue
-            stopped = stopped_by(pod, view.memory.nodes_gone.get(node), self.wait_grace) \
-                if node else None
-            if stopped is None:
-                continue
-            if stopped > now:
-                held = stopped if held is None else min(held, stopped)
-                continue
-            api = api or view.confirmed()
-            if api.node(node) is None:
-                self.kube.delete(PODS, meta["name"], job.namespace, uid=meta.get("uid"),
-                                 grace_seconds=0)
-        return (held - now).total_seconds() if held is not None else None
 
     def _drain(self, body, spec, status, state, outcome: PodState, sightings: list):
         """A preempted attempt whose pods still run: they are saving a checkpoint (or, on
@@ -405,8 +392,8 @@ class FineTuneService:
         moved = (decision is not None and decision.starts_new_attempt) or message is not None
         if old.phase == new.phase and not moved:
             return
-        warning = new.phase in ("Failed", "NotPromoted") or (
-            decision is not None and decision.action == "retry")
+        warning = new.phase in ("Failed", "NotPromoted") or reason == refusals.FAILED_CREATE \
+            or (decision is not None and decision.action == "retry")
         why = reason or new.conditions[0].reason
         self.emit(body, "Warning" if warning else "Normal", why,
                   message or new.message or new.phase)

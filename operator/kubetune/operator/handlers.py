@@ -39,10 +39,12 @@ import os
 import time
 
 import kopf
+import urllib3
 
 from kubetune.api import FINETUNEJOB
 
 from . import kubeconn
+from .api_errors import classify_error, retry_delay
 from .config import children_watched, load_config
 from .finalizer import Finalized, Finalizer
 from .finetune_service import TERMINAL, FineTuneService, SpecRefused
@@ -61,7 +63,6 @@ KOPF_FINALIZER = "kubetune.dev/finalizer"
 INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "10"))
 WORKERS = int(os.environ.get("KUBETUNE_RECONCILE_WORKERS", "8"))
 MAX_DELETE_RETRIES = 120
-API_RETRY_SECONDS = 5.0
 CONFLICT_RETRY_SECONDS = 0.5
 ECHO_WAIT_SECONDS = 5.0  # how long a run waits for the watch to bring our own last write
 JOB_INDEX = "finetunejobs"
@@ -99,6 +100,7 @@ class Runtime:
         self.written: dict[tuple, tuple[str, float]] = {}  # rv a write was based on, when
         self.awaiting: set[tuple] = set()  # runs skipped until that write's echo arrives
         self.failed_cleanups: dict[str, int] = {}
+        self.api_failures: dict[tuple, int] = {}  # API errors in a row, per job
         self.delete_tries: dict[str, int] = {}
 
     def _watched(self, key) -> None:
@@ -148,16 +150,21 @@ class Runtime:
                 log.error("%s/%s: invalid spec, failed permanently until it changes: %s",
                           meta["namespace"], meta["name"], exc)
             return None
-        except KubeError as exc:
+        except (KubeError, urllib3.exceptions.HTTPError) as exc:
+            # The API unreachable or overloaded (a refused child is no error: the
+            # service reports it): retried later each time, 1 s doubling up to a minute.
             METRICS.inc("errors_total")
             if sync:
                 self.synced.pop(key, None)
-            raise Retry(f"API error: {exc}", API_RETRY_SECONDS) from None
+            failures = self.api_failures[key] = self.api_failures.get(key, 0) + 1
+            raise Retry(f"API error: {exc}", retry_delay(classify_error(exc), failures)) \
+                from None
         except Exception:
             METRICS.inc("errors_total")
             if sync:
                 self.synced.pop(key, None)
             raise
+        self.api_failures.pop(key, None)
         if result.wrote_status:
             self.written[key] = (rv, time.monotonic())
         if result.phase in TERMINAL:
@@ -225,6 +232,7 @@ class Runtime:
         self.synced.pop(key, None)
         self.written.pop(key, None)
         self.awaiting.discard(key)
+        self.api_failures.pop(key, None)
         if uid:
             self.failed_cleanups.pop(uid, None)
             self.delete_tries.pop(uid, None)

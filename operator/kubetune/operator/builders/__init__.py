@@ -1,8 +1,9 @@
 """Pure builders of a FineTuneJob's children: dicts in, dicts out, no I/O.
 
-`build_children` gives everything one attempt needs, in the order to apply it (the
-ConfigMap before the pod that mounts it, the Service before the workers that dial it, the
-Ray token Secret before the pods that read it).
+`build_children` gives everything one attempt needs: the ConfigMap the pods mount, the
+Service the workers dial, the Ray token Secret they read, the pods. The order they are
+created in is `attempt_start.creation_order` (the Secret last, so that a refused pod
+leaves nothing the operator may not delete).
 """
 
 from __future__ import annotations
