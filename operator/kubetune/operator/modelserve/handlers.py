@@ -29,6 +29,7 @@ import kopf
 
 from kubetune.api import FINETUNEJOB, MODELSERVE
 
+from ..api_errors import classify_error, retry_delay
 from ..config import children_watched, load_config
 from ..kube import Kube, KubeError
 from .service import InvalidServe, ServeService
@@ -41,9 +42,13 @@ TERMINAL_JOB_PHASES = {"Succeeded", "NotPromoted", "Failed"}
 GROUP, VERSION = MODELSERVE.group, MODELSERVE.version
 
 
+def post_event(body, kind: str, reason: str, message: str) -> None:
+    kopf.event(body, type=kind, reason=reason, message=message)
+
+
 def default_service() -> ServeService:
     """Built on first use, so $KUBECONFIG and the config file are read at run time."""
-    return ServeService(Kube(), load_config())
+    return ServeService(Kube(), load_config(), emit=post_event)
 
 
 def register(registry: kopf.OperatorRegistry,
@@ -66,14 +71,18 @@ def register(registry: kopf.OperatorRegistry,
     @kopf.on.create(GROUP, VERSION, MODELSERVE.plural, id="modelserve-reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, MODELSERVE.plural, id="modelserve-reconcile", field="spec",
                     registry=registry)
-    def reconcile_modelserve(body, **_) -> None:
+    def reconcile_modelserve(body, retry, **_) -> None:
+        """A child the API server refuses is no error here: the service reports it
+        (Stalled or waiting, an Event) and the timer retries it after a backoff. What
+        raises is the API unreachable or overloaded: retried, later each time."""
         try:
             service().reconcile(body)
         except InvalidServe as exc:
             kopf.warn(body, reason="InvalidSpec", message=str(exc))
             raise kopf.PermanentError(str(exc)) from None
         except KubeError as exc:
-            raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from None
+            delay = retry_delay(classify_error(exc), retry + 1)
+            raise kopf.TemporaryError(str(exc), delay=delay) from None
 
     @kopf.timer(GROUP, VERSION, MODELSERVE.plural, id="modelserve-resync",
                 interval=resync_seconds, initial_delay=resync_seconds, registry=registry)

@@ -24,14 +24,19 @@ from datetime import datetime, timezone
 from kubetune.api import MODELSERVE, ModelServeSpec, SpecError, parse_spec
 from kubetune.api.modelserve import AGENT_PORT
 
+from ..api_errors import classify_error
+from ..child_fields import MODELSERVE as OWNER
+from ..child_fields import describe
 from ..conditions import status_patch
 from ..config import OperatorConfig
-from ..kube import CONFIGMAPS, FINETUNEJOBS, PODS, SERVICES, Kind, Kube
+from ..kube import CONFIGMAPS, FINETUNEJOBS, PODS, SERVICES, Kind, Kube, KubeError
+from ..refusals import FAILED_CREATE, Backoff, Refused
 from . import naming
 from .apply import apply_patch, with_last_applied
 from .builders import ServeMeta, build_children, endpoint
+from .refusals import probe_pod
 from .resolve import referenced_jobs, resolve_adapters
-from .status import Observed, PodReport, compute_status, invalid_spec_status
+from .status import Observed, PodReport, compute_status, invalid_spec_status, refused_status
 
 log = logging.getLogger("kubetune.operator.modelserve")
 
@@ -41,6 +46,7 @@ MODELSERVES = Kind(MODELSERVE.group, MODELSERVE.version, MODELSERVE.plural)
 CHILD_KINDS = {"ConfigMap": CONFIGMAPS, "Service": SERVICES, "Deployment": DEPLOYMENTS,
                "PodDisruptionBudget": PDBS}
 POD_TIMEOUT = 3.0
+_UNREAD = object()  # `_apply`: the live object was not read yet
 
 
 def utcnow() -> datetime:
@@ -82,13 +88,18 @@ class InvalidServe(SpecError):
 
 
 class ServeService:
+    """`emit(body, type, reason, message)` posts an Event (the handlers pass Kopf's)."""
+
     def __init__(self, kube: Kube, config: OperatorConfig,
                  probe: Callable[[list[Mapping], int], list[PodReport]] = ask_pods,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow,
+                 emit: Callable[[Mapping, str, str, str], None] | None = None):
         self.kube = kube
         self.config = config
         self.probe = probe
         self.clock = clock
+        self.emit = emit or (lambda *_: None)
+        self.refusals = Backoff()  # (namespace, name) -> refused tries of a generation
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -122,6 +133,9 @@ class ServeService:
             self._write_status(meta, old_status, invalid_spec_status(
                 str(exc), generation, old_status, self.clock()))
             raise InvalidServe(exc.problems) from None
+        key = (meta.namespace, meta.name)
+        if self.refusals.wait(key, generation, self.clock()) is not None:
+            return old_status  # refused: retried after a backoff, at once on a spec edit
         jobs = {name: self.kube.get(FINETUNEJOBS, name, meta.namespace)
                 for name in referenced_jobs(spec)}
         resolutions = resolve_adapters(spec, jobs)
@@ -131,8 +145,10 @@ class ServeService:
             self._write_status(meta, old_status, invalid_spec_status(
                 str(exc), generation, old_status, self.clock()))
             raise InvalidServe(exc.problems) from None
-        for child in children:
-            self._apply(child)
+        refused = self._apply_all(meta, children)
+        if refused is not None:
+            return self._refused(meta, body, old_status, refused)
+        self.refusals.clear(key)
         if not any(child["kind"] == "PodDisruptionBudget" for child in children):
             self._delete_owned(PDBS, naming.server_name(meta.name), meta)
         deployment = self.kube.get(DEPLOYMENTS, naming.server_name(meta.name), meta.namespace)
@@ -143,10 +159,52 @@ class ServeService:
         self._write_status(meta, old_status, status)
         return status
 
-    def _apply(self, desired: dict) -> str:
+    def _apply_all(self, meta: ServeMeta, children: list[dict]) -> Refused | None:
+        """Apply every child; a `Refused` when the API server refuses one (or, in a dry
+        run, a pod of a Deployment about to be created or changed: `refusals`). A serve
+        refused before its Deployment existed keeps no child; a running one keeps its
+        children as they were (the refused edit is reported, the old pods serve on)."""
+        deployment = next(c for c in children if c["kind"] == "Deployment")
+        live = self.kube.get(DEPLOYMENTS, deployment["metadata"]["name"], meta.namespace)
+        child = probe_pod(deployment)
+        try:
+            if live is None or apply_patch(deployment, live) is not None:
+                self.kube.create(PODS, child, dry_run=True)
+            for child in children:
+                self._apply(child, live if child is deployment else _UNREAD)
+        except KubeError as exc:
+            verdict = classify_error(exc)
+            if not verdict.refused:
+                raise
+            if live is None:
+                for made in children:
+                    self._delete_owned(CHILD_KINDS[made["kind"]], made["metadata"]["name"], meta)
+            field, message = describe(OWNER, child, verdict)
+            return Refused(verdict, child, field, message)
+        return None
+
+    def _refused(self, meta: ServeMeta, body: Mapping, old_status: dict,
+                 refused: Refused) -> dict:
+        """Stalled (or waiting for a quota) naming the field, a FailedCreate Event when
+        that is news, and the next try after a backoff."""
+        generation = body["metadata"].get("generation")
+        now = self.clock()
+        delay = self.refusals.record((meta.namespace, meta.name), generation,
+                                     refused.verdict, now)
+        log.warning("%s/%s: %s; next try in %.0fs", meta.namespace, meta.name,
+                    refused.message, delay)
+        status = refused_status(refused.message, refused.reason, refused.verdict.permanent,
+                                generation, old_status, now)
+        if self._write_status(meta, old_status, status):
+            self.emit(body, "Warning", FAILED_CREATE, refused.message)
+        return status
+
+    def _apply(self, desired: dict, actual=_UNREAD) -> str:
+        """`actual`: the live object (None: absent) when the caller has just read it."""
         kind = CHILD_KINDS[desired["kind"]]
         name, namespace = desired["metadata"]["name"], desired["metadata"]["namespace"]
-        actual = self.kube.get(kind, name, namespace)
+        if actual is _UNREAD:
+            actual = self.kube.get(kind, name, namespace)
         if actual is None:
             return "created" if self.kube.create(kind, with_last_applied(desired)) else "exists"
         patch = apply_patch(desired, actual)
@@ -162,8 +220,9 @@ class ServeService:
         if any(owner.get("uid") == meta.uid for owner in owners):
             self.kube.delete(kind, name, meta.namespace)
 
-    def _write_status(self, meta: ServeMeta, old: dict, new: dict) -> None:
+    def _write_status(self, meta: ServeMeta, old: dict, new: dict) -> bool:
         """Only when the wire form changed: an unchanged serve costs no write."""
         patch = status_patch(old, new)
         if patch is not None:
             self.kube.patch(MODELSERVES, meta.name, meta.namespace, patch, "status")
+        return patch is not None

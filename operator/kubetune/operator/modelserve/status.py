@@ -9,8 +9,12 @@ ConfigMap still reports the old adapter and must not make the new one look loade
 Phases and kstatus conditions:
   Progressing  rollout or adapter loads under way   Reconciling=True
   Ready        all replicas ready, every resolved adapter Loaded everywhere   Ready=True
-  Degraded     settled, but an adapter Failed (bad adapter, failed job)   Stalled=True
-  Failed       the spec is invalid; nothing is created   Stalled=True
+  Degraded     settled, but an adapter Failed (bad adapter, failed job), or the
+               Deployment's pods are refused for good (ReplicaFailure)   Stalled=True
+  Failed       the spec is invalid (nothing is created), or the API server refuses a
+               child for good (ChildRefused, naming the field: a new serve keeps no
+               child, a running one serves on as it was)   Stalled=True
+  Pending      a child waits for a ResourceQuota (QuotaExceeded)   Reconciling=True
 Adapters waiting for a FineTuneJob stay Pending without holding Ready back: the serve
 serves everything it can, and picks the adapter up when the job succeeds.
 """
@@ -26,6 +30,7 @@ from pydantic import ValidationError
 from kubetune.api import Condition, ModelServeStatus
 from kubetune.api.modelserve import AdapterStatus
 
+from .refusals import replica_failure
 from .resolve import Resolution
 
 SERVE_CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
@@ -167,7 +172,10 @@ def compute_status(
     loading = [a.name for a in resolved if a.state == "Loading"]
     failed = [a for a in adapters if a.state == "Failed"]
     pending = [a for a in adapters if a.state == "Pending"]
-    if not_done is not None:
+    refused = replica_failure(observed.deployment) if not_done is not None else None
+    if refused is not None:  # the ReplicaSet cannot create pods: not a rollout under way
+        phase, reason, message = refused
+    elif not_done is not None:
         phase, reason, message = "Progressing", "RollingOut", not_done
     elif observed.desired_replicas > 0 and loading:
         phase, reason = "Progressing", "AdaptersLoading"
@@ -209,6 +217,25 @@ def invalid_spec_status(
         "message": message,
         "conditions": conditions_for(
             "Failed", "InvalidSpec", message, generation, old.conditions, now),
+        "observed_generation": generation,
+    })
+    return status.to_wire()
+
+
+def refused_status(
+    refused_message: str, reason: str, permanent: bool, generation: int | None,
+    previous: Mapping | None, now: datetime,
+) -> dict:
+    """A child refused before the serve could start (see `refusals`): Failed + Stalled
+    naming the field when it cannot pass without a change, Pending + Reconciling with
+    the quota's message while a quota is exceeded. Nothing else changes."""
+    old = previous_status(previous)
+    message = refused_message[:MAX_MESSAGE]
+    phase = "Failed" if permanent else "Pending"
+    status = old.model_copy(update={
+        "phase": phase,
+        "message": message,
+        "conditions": conditions_for(phase, reason, message, generation, old.conditions, now),
         "observed_generation": generation,
     })
     return status.to_wire()
