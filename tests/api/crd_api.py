@@ -7,47 +7,16 @@ the Status's causes and in its message, because that message is all a user sees.
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 import pytest
-import yaml
+from example_bodies import DELETE, FTJ, MS, example, mutate  # noqa: F401 (re-exported)
 
 from kubetune.api import FINETUNEJOB, MODELSERVE, FineTuneJobSpec, ModelServeSpec
 from kubetune.devenv.kubeapi import ApiError, KubeHttp
 
-REPO = Path(__file__).resolve().parents[2]
-FTJ = "FineTuneJob"
-MS = "ModelServe"
 KINDS = {FTJ: FINETUNEJOB, MS: MODELSERVE}
 MODEL = {FTJ: FineTuneJobSpec, MS: ModelServeSpec}
 STRICT = {"fieldValidation": "Strict"}
 DRY_RUN = {**STRICT, "dryRun": "All"}
-DELETE = object()
-
-
-def example(kind: str, name: str) -> dict:
-    """The kind's file in examples/, renamed, without its namespace (tests post to theirs)."""
-    file = {FTJ: "finetune.yaml", MS: "modelserve.yaml"}[kind]
-    body = yaml.safe_load((REPO / "examples" / file).read_text())
-    body["metadata"] = {"name": name}
-    return body
-
-
-def mutate(body: dict, path: str, value) -> dict:
-    """A copy with a dotted path set (or removed, for DELETE); `[i]` indexes lists."""
-    body = copy.deepcopy(body)
-    parts = path.replace("[", ".[").split(".")
-    node = body
-    for part in parts[:-1]:
-        node = node[int(part[1:-1])] if part.startswith("[") else node.setdefault(part, {})
-    last = parts[-1]
-    key = int(last[1:-1]) if last.startswith("[") else last
-    if value is DELETE:
-        del node[key]
-    else:
-        node[key] = value
-    return body
 
 
 def collection(kind: str, namespace: str) -> str:

@@ -15,12 +15,10 @@ namespace is not the corpus passing by default."""
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
 
 import pytest
-import yaml
+from example_bodies import FTJ, MS, example, mutate
 from ftj_harness import Cluster, wait_for
 
 from kubetune.devenv.controlplane import ADMIN
@@ -35,8 +33,6 @@ from kubetune.devenv.kubeapi import (
 )
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-FTJ, MS = "FineTuneJob", "ModelServe"
 PLURAL = {FTJ: "finetunejobs", MS: "modelserves"}
 LABEL = {FTJ: "kubetune.dev/finetunejob", MS: "kubetune.dev/modelserve"}
 STALLED_WITHIN = 30.0
@@ -130,25 +126,6 @@ CASES = [
     ("ms-job-ref-name", MS, "spec.adapters[0].fineTuneJobRef.name", "Bad_Name",
      "spec.adapters[0].fineTuneJobRef.name"),
 ]
-
-
-def example(kind: str, name: str) -> dict:
-    file = {FTJ: "finetune.yaml", MS: "modelserve.yaml"}[kind]
-    body = yaml.safe_load((REPO / "examples" / file).read_text())
-    body["metadata"] = {"name": name}
-    return body
-
-
-def mutate(body: dict, path: str, value) -> dict:
-    """A copy with a dotted path set; `[i]` indexes lists."""
-    body = copy.deepcopy(body)
-    parts = path.replace("[", ".[").split(".")
-    node = body
-    for part in parts[:-1]:
-        node = node[int(part[1:-1])] if part.startswith("[") else node.setdefault(part, {})
-    last = parts[-1]
-    node[int(last[1:-1]) if last.startswith("[") else last] = value
-    return body
 
 
 def apply(cluster: Cluster, body: dict):

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .familytemplates import TEMPLATES
-from .tinymodel import default_cache_dir, tokenizer_corpus
+from .tinymodel import build_cached, default_cache_dir, tokenizer_corpus
 
 FACTORY_VERSION = 1
 BPE_VOCAB = 640
@@ -211,27 +209,10 @@ def write_base(family: Family, directory: Path) -> None:
 
 
 def family_model_dir(name: str, cache_dir: Path | None = None) -> Path:
-    """Directory of the tiny base of family `name`, built on first use. Written to a
-    temporary directory and renamed, so a concurrent or interrupted build never leaves a
-    half-written base behind."""
+    """Directory of the tiny base of family `name`, built on first use (`build_cached`)."""
     family = FAMILIES[name]
-    cache_dir = Path(cache_dir or default_cache_dir())
-    target = cache_dir / f"tiny-{name}-{cache_key(family)}"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
-    staging.chmod(0o755)
-    try:
-        write_base(family, staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model.safetensors").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-{name}-{cache_key(family)}"
+    return build_cached(target, lambda staging: write_base(family, staging))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,26 +171,17 @@ def pretrain(model, tokenizer, config: TinyModelConfig) -> list[float]:
 PRETRAIN_BATCH = 32
 
 
-def tiny_model_dir(config: TinyModelConfig | None = None, cache_dir: Path | None = None) -> Path:
-    """Directory holding the tiny model and tokenizer (config.json, model.safetensors,
-    tokenizer files), built on first use. Written to a temp dir and renamed, so a
-    concurrent or interrupted build never leaves a half-written model behind."""
-    config = config or TinyModelConfig()
-    cache_dir = Path(cache_dir or default_cache_dir())
-    target = cache_dir / f"tiny-llama-{config.cache_key()}"
+def build_cached(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, built by `write(staging)` on first use. Written to a temp dir beside it
+    and renamed, so a concurrent or interrupted build never leaves a half-written model
+    behind (a concurrent builder that renamed first wins)."""
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     staging.chmod(0o755)
     try:
-        tokenizer = build_tokenizer(config.vocab_size)
-        model = build_model(config, tokenizer)
-        losses = pretrain(model, tokenizer, config) if config.pretrain_steps else []
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        built = {**asdict(config), "pretrainLosses": losses}
-        (staging / "kubetune-tiny.json").write_text(json.dumps(built, indent=2))
+        write(staging)
         try:
             staging.rename(target)
         except OSError:
@@ -198,6 +190,24 @@ def tiny_model_dir(config: TinyModelConfig | None = None, cache_dir: Path | None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def tiny_model_dir(config: TinyModelConfig | None = None, cache_dir: Path | None = None) -> Path:
+    """Directory holding the tiny model and tokenizer (config.json, model.safetensors,
+    tokenizer files), built on first use (`build_cached`)."""
+    config = config or TinyModelConfig()
+    cache_dir = Path(cache_dir or default_cache_dir())
+
+    def write(staging: Path) -> None:
+        tokenizer = build_tokenizer(config.vocab_size)
+        model = build_model(config, tokenizer)
+        losses = pretrain(model, tokenizer, config) if config.pretrain_steps else []
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        built = {**asdict(config), "pretrainLosses": losses}
+        (staging / "kubetune-tiny.json").write_text(json.dumps(built, indent=2))
+
+    return build_cached(cache_dir / f"tiny-llama-{config.cache_key()}", write)
 
 
 def main() -> None:
