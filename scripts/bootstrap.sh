@@ -31,4 +31,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 quiet .venv/bin/python -m kubetune.devenv.tools install
 .venv/bin/python -m kubetune.devenv.cpbuild build
+.venv/bin/python -m kubetune.devenv.kueuebuild build
 .venv/bin/python -m kubetune.devenv.vllmenv build

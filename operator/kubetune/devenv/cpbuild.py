@@ -47,33 +47,37 @@ def binary_path() -> Path:
     return Path(override) if override else TOOLS / f"controlplane-{build_key()}" / BINARY
 
 
-def _report_progress(started: float, done: threading.Event, counter: list[int]) -> None:
+def _report_progress(tag: str, started: float, done: threading.Event,
+                     counter: list[int]) -> None:
     while not done.wait(30):
-        print(f"cpbuild: still building ({int(time.monotonic() - started)} s, "
+        print(f"{tag}: still building ({int(time.monotonic() - started)} s, "
               f"{counter[0]} packages compiled)", flush=True)
 
 
-def build() -> Path:
-    target = binary_path()
+def go_build(module: Path, target: Path, package: str, ldflags: str, tag: str,
+             what: str) -> Path:
+    """Build `package` of the Go module at `module` into `target` unless it is there.
+
+    Shared by every binary the devenv builds from upstream Go modules (the control plane,
+    Kueue): a `.partial` file renamed at the end, so an interrupted build never leaves a
+    binary that looks finished; progress every 30 s, since a cold build takes minutes.
+    """
     if os.access(target, os.X_OK):
         return target
     go = shutil.which("go")
     if go is None:
         raise SystemExit(
-            "cpbuild: Go is missing. The embedded control plane (etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler) is built from Kubernetes' Go modules: "
+            f"{tag}: Go is missing. {what} is built from its Go modules: "
             "install Go 1.26 or newer and put `go` on PATH.")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
-    print(f"cpbuild: building Kubernetes {KUBERNETES_VERSION} control plane + etcd into "
-          f"{target.parent} (first time: module download and about 6 min of compiling "
-          f"on 2 cores; later builds reuse Go's build cache)", flush=True)
     started = time.monotonic()
     done, counter = threading.Event(), [0]
-    threading.Thread(target=_report_progress, args=(started, done, counter), daemon=True).start()
+    threading.Thread(target=_report_progress, args=(tag, started, done, counter),
+                     daemon=True).start()
     process = subprocess.Popen(
-        [go, "build", "-v", "-trimpath", "-ldflags", LDFLAGS, "-o", str(partial), "."],
-        cwd=MODULE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package],
+        cwd=module, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "CGO_ENABLED": "0"},
     )
     tail: list[str] = []
@@ -83,12 +87,24 @@ def build() -> Path:
     code = process.wait()
     done.set()
     if code != 0:
-        raise SystemExit("cpbuild: go build failed:\n" + "\n".join(tail))
+        raise SystemExit(f"{tag}: go build failed:\n" + "\n".join(tail))
     partial.rename(target)
     size = target.stat().st_size / 2**20
-    print(f"cpbuild: built {target} ({size:.0f} MiB) in {time.monotonic() - started:.0f} s",
+    print(f"{tag}: built {target} ({size:.0f} MiB) in {time.monotonic() - started:.0f} s",
           flush=True)
     return target
+
+
+def build() -> Path:
+    target = binary_path()
+    if os.access(target, os.X_OK):
+        return target
+    print(f"cpbuild: building Kubernetes {KUBERNETES_VERSION} control plane + etcd into "
+          f"{target.parent} (first time: module download and about 6 min of compiling "
+          f"on 2 cores; later builds reuse Go's build cache)", flush=True)
+    return go_build(MODULE, target, ".", LDFLAGS, "cpbuild",
+                    "The embedded control plane (etcd, kube-apiserver, "
+                    "kube-controller-manager, kube-scheduler)")
 
 
 def main(argv: list[str] | None = None) -> int:
