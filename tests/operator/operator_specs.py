@@ -26,3 +26,17 @@ def merge(base: dict, extra: dict) -> dict:
 
 def make_spec(**overrides) -> FineTuneJobSpec:
     return parse_spec(FineTuneJobSpec, merge(BASE_SPEC, overrides))
+
+
+def merged(old, patch):
+    """`old` with a JSON merge patch (RFC 7386) applied, as the API server applies the
+    status patches the fakes of the service tests receive."""
+    if not isinstance(patch, dict) or not isinstance(old, dict):
+        return copy.deepcopy(patch)
+    result = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(old.get(key), value)
+    return result

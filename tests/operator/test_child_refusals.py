@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from operator_specs import BASE_SPEC, merge
+from operator_specs import BASE_SPEC, merge, merged
 
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.finetune_service import FineTuneService
@@ -28,18 +28,6 @@ def recorded(case: str) -> KubeError:
     answer = ANSWERS[case]
     status = answer["status"]
     return KubeError(answer["code"], status["message"], status["reason"], status.get("details"))
-
-
-def merged(old, patch):
-    if not isinstance(patch, dict) or not isinstance(old, dict):
-        return copy.deepcopy(patch)
-    result = dict(old)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merged(old.get(key), value)
-    return result
 
 
 class FakeApi:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from datetime import datetime, timedelta, timezone
 
-from operator_specs import BASE_SPEC, merge
+from operator_specs import BASE_SPEC, merge, merged
 
 from kubetune.operator.cluster_view import ApiView, Memory, SnapshotView, has_labels
 from kubetune.operator.config import OperatorConfig, parse_config
@@ -18,18 +18,6 @@ from kubetune.operator.finetune_service import FineTuneService
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 NODE = {"metadata": {"name": "spot-1", "labels": {"karpenter.sh/capacity-type": "spot"}},
         "spec": {"taints": []}}
-
-
-def merged(old, patch):
-    if not isinstance(patch, dict) or not isinstance(old, dict):
-        return copy.deepcopy(patch)
-    result = dict(old)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merged(old.get(key), value)
-    return result
 
 
 class FakeApi:
